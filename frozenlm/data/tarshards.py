@@ -1,0 +1,202 @@
+"""Map-style dataset over ImageNet-style tar shards, read by byte offset.
+
+Two member layouts are accepted (not mixed in one dataset):
+
+* ``<class or wnid>/<name>.JPEG`` -- the class is the member's parent folder name; classes are
+  sorted by name (as ImageNet sorts wnids, and as ImageFolder does).
+* webdataset pairs ``<key>.jpg`` + ``<key>.cls`` -- the label is the integer in ``.cls``.
+
+Each shard is scanned once; the member offsets are cached in ``<shard>.index.json`` next to
+the shard (kept in memory only when that folder is read-only).  Reading a sample is one
+``seek`` + ``read`` on a per-process file handle, so the dataset works with any sampler
+(DistributedSampler, RepeatAugSampler) and with DataLoader worker processes.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
+_INDEX_VERSION = 1
+
+
+def find_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Resolve a directory, a glob, a single ``.tar`` or a list of those to sorted shard paths."""
+    if isinstance(spec, (list, tuple)):
+        out: list[Path] = []
+        for s in spec:
+            out.extend(find_shards(s))
+        return out
+    s = str(spec)
+    if os.path.isdir(s):
+        paths = sorted(Path(s).glob("*.tar"))
+    elif any(ch in s for ch in "*?["):
+        paths = sorted(Path(p) for p in glob.glob(s))
+    else:
+        paths = [Path(s)] if os.path.isfile(s) else []
+    if not paths:
+        raise FileNotFoundError(
+            f"no .tar shards found for {s!r}; expected a directory of *.tar, a glob or a .tar file, "
+            "with members <class>/<name>.JPEG or webdataset <key>.jpg + <key>.cls")
+    return paths
+
+
+def _scan_shard(path: Path) -> list[list]:
+    """Return [name, data_offset, size, cls_label_or_None] for each image member of a shard."""
+    images: dict[str, list] = {}
+    labels: dict[str, int] = {}
+    order: list[str] = []
+    with tarfile.open(path, "r:") as tf:  # "r:" -- offsets only make sense for uncompressed tars
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, ext = os.path.splitext(m.name)
+            ext = ext.lower()
+            if ext in IMAGE_EXTENSIONS:
+                images[key] = [m.name, m.offset_data, m.size, None]
+                order.append(key)
+            elif ext == ".cls":
+                f = tf.extractfile(m)
+                text = f.read().decode().strip() if f is not None else ""
+                try:
+                    labels[key] = int(text)
+                except ValueError as e:
+                    raise ValueError(f"{path}: member {m.name!r} should hold an integer class, got {text!r}") from e
+    for key, lab in labels.items():
+        if key in images:
+            images[key][3] = lab
+    return [images[k] for k in order]
+
+
+def load_shard_index(path: Path, cache: bool = True) -> list[list]:
+    """Member index of one shard, from ``<shard>.index.json`` when it is current."""
+    idx_path = path.with_name(path.name + ".index.json")
+    st = path.stat()
+    if cache and idx_path.is_file():
+        try:
+            data = json.loads(idx_path.read_text())
+            if (data.get("version") == _INDEX_VERSION and data.get("size") == st.st_size
+                    and data.get("mtime_ns") == st.st_mtime_ns):
+                return data["members"]
+        except (OSError, ValueError, KeyError):
+            pass  # stale or unreadable cache: rebuild below
+    members = _scan_shard(path)
+    if cache:
+        tmp = idx_path.with_name(f"{idx_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"version": _INDEX_VERSION, "size": st.st_size,
+                                       "mtime_ns": st.st_mtime_ns, "members": members}))
+            os.replace(tmp, idx_path)  # atomic, so concurrent ranks never read half a file
+        except OSError:
+            pass  # read-only shard folder: keep the index in memory only
+    return members
+
+
+class TarShardDataset(Dataset):
+    """Images inside uncompressed ``.tar`` shards, random access by offset.
+
+    ``samples``: list of (member name, label); ``classes``: sorted class names (class-folder
+    layout) or ``"0".."K-1"`` (webdataset ``.cls`` layout).  ``class_names`` pins the class
+    order explicitly (e.g. the train split's classes for a val split missing some).
+    """
+
+    def __init__(self, shards: str | os.PathLike | Sequence[str | os.PathLike],
+                 transform: Callable | None = None, num_classes: int | None = None,
+                 class_names: Sequence[str] | None = None, cache_index: bool = True) -> None:
+        self.shards = [str(p) for p in find_shards(shards)]
+        self.transform = transform
+        entries: list[tuple[int, str, int, int, int | None]] = []
+        for si, p in enumerate(self.shards):
+            for name, off, size, lab in load_shard_index(Path(p), cache_index):
+                entries.append((si, name, off, size, lab))
+        if not entries:
+            raise ValueError(f"no image members ({', '.join(IMAGE_EXTENSIONS)}) in shards {self.shards[:3]}...")
+        with_cls = sum(e[4] is not None for e in entries)
+        if 0 < with_cls < len(entries):
+            raise ValueError(f"{len(entries) - with_cls} of {len(entries)} images have no .cls label while "
+                             "others do; use one layout (<class>/<name>.JPEG or <key>.jpg + <key>.cls)")
+        if with_cls:
+            top = max(e[4] for e in entries)
+            k = num_classes if num_classes is not None else top + 1
+            if top >= k or min(e[4] for e in entries) < 0:
+                raise ValueError(f"shards {self.shards[0]}...: .cls labels span 0..{top}, "
+                                 f"outside data.num_classes={k}")
+            self.classes = [str(i) for i in range(k)]
+            labels = [e[4] for e in entries]
+        else:
+            found = sorted({self._class_of(e[1]) for e in entries})
+            if class_names is not None:
+                unknown = sorted(set(found) - set(class_names))
+                if unknown:
+                    raise ValueError(f"shards hold classes not in class_names: {unknown[:5]}")
+                self.classes = list(class_names)
+            else:
+                self.classes = found
+            if num_classes is not None and len(self.classes) != num_classes:
+                raise ValueError(f"shards {self.shards[0]}... ({len(self.shards)} files): found "
+                                 f"{len(self.classes)} classes, expected data.num_classes={num_classes}")
+            to_idx = {c: i for i, c in enumerate(self.classes)}
+            labels = [to_idx[self._class_of(e[1])] for e in entries]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        # Flat tuples keep the pickled dataset small for worker start-up.
+        self._shard_of = [e[0] for e in entries]
+        self._offset = [e[2] for e in entries]
+        self._size = [e[3] for e in entries]
+        self.samples: list[tuple[str, int]] = [(e[1], lab) for e, lab in zip(entries, labels)]
+        self.targets = labels
+        self._handles: dict[int, object] = {}
+        self._pid = os.getpid()
+
+    @staticmethod
+    def _class_of(name: str) -> str:
+        parent = os.path.basename(os.path.dirname(name))
+        if not parent:
+            raise ValueError(f"tar member {name!r} has no class folder; expected <class>/<name>.JPEG "
+                             "or webdataset <key>.jpg + <key>.cls")
+        return parent
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes in the label space."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read_bytes(self, index: int) -> bytes:
+        """Raw encoded bytes of sample ``index``."""
+        if self._pid != os.getpid():  # forked worker: never share the parent's file offsets
+            self._handles, self._pid = {}, os.getpid()
+        si = self._shard_of[index]
+        fh = self._handles.get(si)
+        if fh is None:
+            fh = self._handles[si] = open(self.shards[si], "rb")
+        fh.seek(self._offset[index])
+        return fh.read(self._size[index])
+
+    def __getitem__(self, index: int):
+        img = Image.open(io.BytesIO(self.read_bytes(index))).convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.samples[index][1]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # file objects cannot be pickled (spawned workers)
+        return state
+
+    def __del__(self) -> None:
+        for fh in getattr(self, "_handles", {}).values():
+            try:
+                fh.close()
+            except Exception:
+                pass
