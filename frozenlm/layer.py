@@ -1,0 +1,174 @@
+"""The sandwich: F_L2( unitRMSNorm( F_LM( F_L1(z) ) ) ) with the paper's controls as variants."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .lm.block import RMSNorm, init_random_
+from .lm.load import LayerSpec, load_blocks, open_source, tensor_digest
+from .lm.readers import parse_layers
+from .lm.catalog import split_source_spec
+from .lm.stack import BlockStack
+
+VARIANTS = ("none", "frozen", "finetune", "random", "mlp")
+RESIDUALS = ("none", "inner", "outer")
+INITS = ("trunc_normal", "default")
+
+
+class LMLayer(nn.Module):
+    """Frozen language-model block(s) between two trainable bias-free linear maps.
+
+    z' = F_L2(RMSNorm_1(F_LM(F_L1(z)))).float()  — method.md section 1, with variants:
+      none     identity (the baseline; no parameters)
+      frozen   pretrained block(s), requires_grad False, kept out of optimizers (default)
+      finetune pretrained block(s), trainable
+      random   same architecture, random init, trainable
+      mlp      F_L1 -> GELU -> LayerNorm (no affine, so the trainable count equals `frozen`'s) -> F_L2
+    residual: "none" (paper), "inner" (block output + its input, before the norm) or
+              "outer" (z + z'), as follow-up work uses.
+    frozen_dtype: storage dtype of frozen weights (e.g. torch.bfloat16 halves memory).
+    blocks: an already-loaded BlockStack to use instead of reading `source` again.
+    """
+
+    def __init__(self, in_dim: int, source: str | Path = "smollm2-135m", layers: LayerSpec = (-1,),
+                 variant: str = "frozen", residual: str = "none", mask: str = "none", rope: str = "none",
+                 frozen_dtype: torch.dtype | str | None = None, init: str = "trunc_normal",
+                 blocks: BlockStack | None = None) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"LMLayer variant must be one of {VARIANTS}, got {variant!r}")
+        if residual not in RESIDUALS:
+            raise ValueError(f"LMLayer residual must be one of {RESIDUALS}, got {residual!r}")
+        if init not in INITS:
+            raise ValueError(f"LMLayer init must be one of {INITS}, got {init!r}")
+        self.in_dim, self.variant, self.residual = in_dim, variant, residual
+        self.source = str(source)
+        self.blocks: BlockStack | None = None
+        self._digest: str | None = None
+        if variant == "none":
+            self.layer_indices: list[int] = []
+            return
+        if isinstance(frozen_dtype, str):
+            frozen_dtype = getattr(torch, frozen_dtype)
+        if blocks is None and variant in ("frozen", "finetune"):
+            blocks = load_blocks(source, layers, dtype=frozen_dtype if variant == "frozen" else None,
+                                 mask=mask, rope=rope, freeze=variant == "frozen")
+        elif blocks is None:
+            src, suffix = split_source_spec(self.source)
+            cfg = open_source(src).config  # architecture only; no weights are read
+            idx = parse_layers(suffix if suffix is not None else layers, cfg.n_layers)
+            blocks = BlockStack(cfg, len(idx), mask=mask, rope=rope, layer_indices=idx)
+            init_random_(blocks)
+        self.layer_indices = list(blocks.layer_indices)
+        d_lm = blocks.dim
+        self.proj_in = nn.Linear(in_dim, d_lm, bias=False)   # F_L1
+        self.proj_out = nn.Linear(d_lm, in_dim, bias=False)  # F_L2
+        if variant == "mlp":
+            self.act = nn.GELU()
+            self.mlp_norm = nn.LayerNorm(d_lm, elementwise_affine=False)
+        else:
+            self.blocks = blocks
+            self.blocks.requires_grad_(variant != "frozen")
+            if variant == "random":
+                self.blocks.float()
+            self.norm = RMSNorm(d_lm, eps=blocks.cfg.norm_eps, weight=False)  # unit weight, frozen by construction
+        if init == "trunc_normal":
+            for lin in (self.proj_in, self.proj_out):
+                nn.init.trunc_normal_(lin.weight, std=0.02)
+
+    @property
+    def is_frozen(self) -> bool:
+        """True when this layer holds pretrained weights that are not trained (and not checkpointed)."""
+        return self.variant == "frozen"
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """x: (B, N, in_dim) -> (B, N, in_dim) float32; padding_mask (B, N) bool, True = padded."""
+        if self.variant == "none":
+            return x
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"LMLayer expects tokens with {self.in_dim} channels, got shape {tuple(x.shape)}")
+        h = self.proj_in(x)
+        if self.blocks is None:
+            h = self.mlp_norm(self.act(h))
+        else:
+            inner = h
+            w_dtype = self.blocks.layers[0].attn.q.weight.dtype
+            if not torch.is_autocast_enabled(h.device.type) and h.dtype != w_dtype:
+                h = h.to(w_dtype)  # frozen weights may be stored in bf16
+            h = self.blocks(h, padding_mask)
+            if self.residual == "inner":
+                h = h + inner.to(h.dtype)
+            h = self.norm(h).float()
+        if h.dtype != self.proj_out.weight.dtype and not torch.is_autocast_enabled(h.device.type):
+            h = h.to(self.proj_out.weight.dtype)
+        out = self.proj_out(h)
+        return out + x if self.residual == "outer" else out
+
+    def frozen_digest(self) -> str | None:
+        """SHA-256 of the frozen tensors (cached), or None when nothing is frozen."""
+        if not self.is_frozen or self.blocks is None:
+            return None
+        if self._digest is None:
+            self._digest = tensor_digest(self.blocks)
+        return self._digest
+
+    def frozen_reference(self) -> dict[str, Any] | None:
+        """What a training checkpoint records instead of the frozen weights."""
+        if not self.is_frozen or self.blocks is None:
+            return None
+        dtype = str(self.blocks.layers[0].attn.q.weight.dtype).replace("torch.", "")
+        return {"source": self.source, "layers": self.layer_indices, "dtype": dtype, "digest": self.frozen_digest()}
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, variant={self.variant}, source={self.source}, " \
+               f"layers={self.layer_indices}, residual={self.residual}"
+
+
+def lm_layers(model: nn.Module) -> dict[str, LMLayer]:
+    """Every LMLayer inside a model, by module path."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LMLayer)}
+
+
+def frozen_param_names(model: nn.Module) -> set[str]:
+    """state_dict keys that belong to frozen LM blocks (left out of training checkpoints)."""
+    names: set[str] = set()
+    for path, m in lm_layers(model).items():
+        if m.is_frozen and m.blocks is not None:
+            pre = f"{path}.blocks." if path else "blocks."
+            names.update(pre + k for k in m.blocks.state_dict())
+    return names
+
+
+def frozen_sources(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """{module path: {source, layers, dtype, digest}} for every frozen LMLayer in the model."""
+    out = {}
+    for path, m in lm_layers(model).items():
+        ref = m.frozen_reference()
+        if ref is not None:
+            out[path] = ref
+    return out
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters an optimizer should see (frozen blocks excluded)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable and frozen parameter counts."""
+    tr = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fr = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return {"trainable": tr, "frozen": fr, "total": tr + fr}
+
+
+def build_lm_layer(in_dim: int, cfg: dict[str, Any] | None, **defaults: Any) -> LMLayer:
+    """LMLayer from a config section like {variant, source, layers, residual, frozen_dtype, init}."""
+    kw: dict[str, Any] = {**defaults, **(cfg or {})}
+    return LMLayer(in_dim, **kw)
+
+
+__all__: Sequence[str] = ["LMLayer", "VARIANTS", "build_lm_layer", "count_parameters", "frozen_param_names",
+                          "frozen_sources", "lm_layers", "trainable_parameters"]

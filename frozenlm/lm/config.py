@@ -1,0 +1,102 @@
+"""Architecture description shared by every block family and every checkpoint reader."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FAMILIES = ("llama", "opt", "gpt2", "bert")
+
+
+@dataclass
+class BlockConfig:
+    """Shape and flavour of one transformer block of a language model.
+
+    `family` picks the block layout:
+      llama: pre-RMSNorm, SwiGLU MLP, grouped-query attention (LLaMA 1/2/3, Mistral, Qwen2, SmolLM2)
+      opt:   pre-LayerNorm (or post-LN when `pre_norm` is False), ReLU MLP, biases
+      gpt2:  pre-LayerNorm, GELU(tanh) MLP, biases (Conv1D weights already transposed by the reader)
+      bert:  post-LayerNorm, GELU MLP, biases
+    """
+
+    family: str
+    dim: int
+    n_heads: int
+    ffn_dim: int
+    n_layers: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    norm_eps: float = 1e-5
+    act: str = "silu"
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    pre_norm: bool = True
+    rope_theta: float = 10000.0
+    arch: str = ""  # the source's own name (e.g. "qwen2", "mistral"), informational
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown block family {self.family!r}; expected one of {FAMILIES}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+
+    @property
+    def norm(self) -> str:
+        """'rms' for the LLaMA family, 'layer' otherwise."""
+        return "rms" if self.family == "llama" else "layer"
+
+    @property
+    def gated(self) -> bool:
+        """True for SwiGLU (gate/up/down) MLPs."""
+        return self.family == "llama"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BlockConfig":
+        """Inverse of `to_dict`."""
+        return cls(**d)
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Canonical tensor names of one block and their shapes (weights are (out, in))."""
+        q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        s: dict[str, tuple[int, ...]] = {
+            "attn.q.weight": (q, self.dim),
+            "attn.k.weight": (kv, self.dim),
+            "attn.v.weight": (kv, self.dim),
+            "attn.o.weight": (self.dim, q),
+            "attn_norm.weight": (self.dim,),
+            "ffn_norm.weight": (self.dim,),
+            "ffn.up.weight": (self.ffn_dim, self.dim),
+            "ffn.down.weight": (self.dim, self.ffn_dim),
+        }
+        if self.gated:
+            s["ffn.gate.weight"] = (self.ffn_dim, self.dim)
+        if self.qkv_bias:
+            s.update({"attn.q.bias": (q,), "attn.k.bias": (kv,), "attn.v.bias": (kv,)})
+        if self.out_bias:
+            s["attn.o.bias"] = (self.dim,)
+        if self.mlp_bias:
+            s.update({"ffn.up.bias": (self.ffn_dim,), "ffn.down.bias": (self.dim,)})
+        if self.norm == "layer":
+            s.update({"attn_norm.bias": (self.dim,), "ffn_norm.bias": (self.dim,)})
+        return s
+
+    def params_per_block(self) -> int:
+        """Number of parameters in one block."""
+        n = 0
+        for shape in self.expected_shapes().values():
+            p = 1
+            for d in shape:
+                p *= d
+            n += p
+        return n

@@ -1,0 +1,141 @@
+"""What every checkpoint reader provides, and the checks they share."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import BlockConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read as asked; the message says which file/key and what to do."""
+
+
+def unpermute_rotary(w: Tensor, n_heads: int) -> Tensor:
+    """Meta/llama.cpp interleaved q/k row order -> Hugging Face (rotate_half) row order.
+
+    Rows of each head are stored as pairs (x0, x1), (x2, x3), ...; HF stores all first
+    members, then all second members. Without RoPE both give the same q.k, but one layout
+    makes weights comparable across sources and the optional RoPE path correct.
+    """
+    rows = w.shape[0]
+    rest = w.shape[1:]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *rest).transpose(1, 2).reshape(rows, *rest)
+
+
+def parse_layers(spec: Any, n_layers: int) -> list[int]:
+    """Turn -1, [30, 31], "-2:", "28:30", "31" or "-2,-1" into absolute indices, checked."""
+    if isinstance(spec, int):
+        items: list[Any] = [spec]
+    elif isinstance(spec, str):
+        s = spec.strip()
+        if ":" in s:
+            a, b = s.split(":", 1)
+            start = int(a) if a.strip() else 0
+            stop = int(b) if b.strip() else n_layers
+            start = start + n_layers if start < 0 else start
+            stop = stop + n_layers if stop < 0 else stop
+            items = list(range(start, stop))
+            if not items:
+                raise CheckpointError(f"layer range {spec!r} is empty for a model with {n_layers} layers")
+        else:
+            items = [int(t) for t in s.split(",") if t.strip()]
+    else:
+        items = list(spec)
+    if not items:
+        raise CheckpointError("no layers selected: give at least one index (e.g. -1 for the last layer)")
+    out = []
+    for i in items:
+        j = int(i) + n_layers if int(i) < 0 else int(i)
+        if not 0 <= j < n_layers:
+            raise CheckpointError(f"layer index {i} is out of range: the model has {n_layers} layers "
+                                  f"(valid: 0..{n_layers - 1} or -{n_layers}..-1)")
+        out.append(j)
+    return out
+
+
+class Reader(ABC):
+    """Reads single layers of a language-model checkpoint without loading the rest.
+
+    Subclasses set `self.path`, `self.config` (a BlockConfig) and `self.format`, and map
+    their own tensor names onto the canonical names of `BlockConfig.expected_shapes()`.
+    """
+
+    path: Path
+    config: BlockConfig
+    format: str
+
+    @abstractmethod
+    def layer_keys(self, i: int) -> dict[str, str]:
+        """Canonical name -> the file's own tensor name(s) for layer i (for messages/inspect)."""
+
+    @abstractmethod
+    def _read_layer(self, i: int) -> dict[str, Tensor]:
+        """Canonical name -> tensor for layer i, in HF row layout."""
+
+    @abstractmethod
+    def tensor_info(self, i: int) -> list[tuple[str, tuple[int, ...], str]]:
+        """(file tensor name, shape, dtype or quantisation) of layer i, without reading data."""
+
+    def describe(self) -> dict[str, Any]:
+        """Summary for `frozenlm inspect`."""
+        c = self.config
+        return {"path": str(self.path), "format": self.format, "arch": c.arch, "family": c.family,
+                "layers": c.n_layers, "dim": c.dim, "heads": c.n_heads, "kv_heads": c.n_kv_heads,
+                "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "norm_eps": c.norm_eps, "act": c.act,
+                "pre_norm": c.pre_norm, "params_per_block": c.params_per_block()}
+
+    def read_layer(self, i: int) -> dict[str, Tensor]:
+        """Tensors of layer i (canonical names), checked against the config's shapes."""
+        i = parse_layers(i, self.config.n_layers)[0]
+        tensors = self._read_layer(i)
+        expected = self.config.expected_shapes()
+        keys = self.layer_keys(i)
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise CheckpointError(f"{self.path}: layer {i} lacks tensors "
+                                  f"{[keys.get(m, m) for m in missing]} required by the "
+                                  f"{self.config.arch or self.config.family} architecture")
+        for name, shape in expected.items():
+            got = tuple(tensors[name].shape)
+            if got != shape:
+                raise CheckpointError(
+                    f"{self.path}: tensor {keys.get(name, name)!r} has shape {got}, but the config "
+                    f"(dim={self.config.dim}, heads={self.config.n_heads}, kv_heads={self.config.n_kv_heads}, "
+                    f"ffn_dim={self.config.ffn_dim}) implies {shape}; the config and weights disagree")
+        return {k: tensors[k] for k in expected}
+
+
+def check_exists(path: Path, what: str) -> None:
+    """Raise a CheckpointError naming a missing file."""
+    if not path.exists():
+        raise CheckpointError(f"{what} not found: {path}")
+
+
+def safe_torch_load(path: Path) -> dict[str, Tensor]:
+    """Memory-mapped, weights-only torch.load with readable errors (never unrestricted pickle)."""
+    import pickle
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} contains pickled objects other than tensors, so it is not loaded (loading it "
+            f"could run arbitrary code). Re-save it as safetensors or as a plain state_dict. "
+            f"Detail: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e:
+        msg = str(e)
+        if "mmap" in msg or "zip" in msg.lower():
+            # Legacy (pre-1.6) torch.save files cannot be memory-mapped; load them whole.
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e2:  # noqa: BLE001 - re-raised with the file name
+                raise CheckpointError(f"cannot read {path}: {str(e2).splitlines()[0]} "
+                                      f"(truncated or not a torch checkpoint?)") from None
+        raise CheckpointError(f"cannot read {path}: {msg.splitlines()[0]} "
+                              f"(truncated or not a torch checkpoint?)") from None
+    except EOFError:
+        raise CheckpointError(f"cannot read {path}: unexpected end of file (truncated download?)") from None

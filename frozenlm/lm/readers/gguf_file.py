@@ -1,0 +1,94 @@
+"""GGUF files (llama.cpp): dequantise only the requested layer's tensors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import BlockConfig
+from .base import CheckpointError, Reader, check_exists, unpermute_rotary
+
+KEYS = {
+    "attn.q.weight": "attn_q.weight", "attn.k.weight": "attn_k.weight", "attn.v.weight": "attn_v.weight",
+    "attn.o.weight": "attn_output.weight", "attn.q.bias": "attn_q.bias", "attn.k.bias": "attn_k.bias",
+    "attn.v.bias": "attn_v.bias", "ffn.gate.weight": "ffn_gate.weight", "ffn.up.weight": "ffn_up.weight",
+    "ffn.down.weight": "ffn_down.weight", "attn_norm.weight": "attn_norm.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+}
+# llama.cpp permutes q/k rows for these architectures only (their RoPE is the interleaved kind).
+PERMUTED_ARCHS = ("llama", "mistral")
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+class GGUFReader(Reader):
+    """Reader for llama-family GGUF files (llama, mistral, qwen2), any quantisation gguf can dequantise."""
+
+    def __init__(self, path: str | Path) -> None:
+        import gguf
+        self.path = Path(path)
+        check_exists(self.path, "GGUF file")
+        try:
+            self.reader = gguf.GGUFReader(str(self.path))
+        except Exception as e:  # noqa: BLE001 - gguf raises assorted errors for bad files
+            raise CheckpointError(f"{self.path} is not a readable GGUF file ({type(e).__name__}: {e}); "
+                                  f"truncated or corrupt? Re-download or re-convert it.") from None
+        self.tensors = {t.name: t for t in self.reader.tensors}
+        arch = self._field("general.architecture")
+        if arch not in SUPPORTED:
+            raise CheckpointError(f"{self.path}: GGUF architecture {arch!r} is not supported (supported: {SUPPORTED})")
+        self.arch = arch
+        q = self._field
+        dim, heads = int(q(f"{arch}.embedding_length")), int(q(f"{arch}.attention.head_count"))
+        kv = int(q(f"{arch}.attention.head_count_kv", heads))
+        self.config = BlockConfig(
+            family="llama", arch=arch, dim=dim, n_heads=heads, n_kv_heads=kv,
+            head_dim=int(q(f"{arch}.attention.key_length", dim // heads)),
+            ffn_dim=int(q(f"{arch}.feed_forward_length")), n_layers=int(q(f"{arch}.block_count")),
+            norm_eps=float(q(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(q(f"{arch}.rope.freq_base", 10000.0)),
+            qkv_bias="blk.0.attn_q.bias" in self.tensors)
+        self.format = f"gguf ({self._file_type()})"
+
+    _MISSING = object()
+
+    def _field(self, key: str, default: Any = _MISSING) -> Any:
+        f = self.reader.fields.get(key)
+        if f is None:
+            if default is self._MISSING:
+                raise CheckpointError(f"{self.path}: GGUF metadata key {key!r} is missing")
+            return default
+        return f.contents()
+
+    def _file_type(self) -> str:
+        kinds = sorted({t.tensor_type.name for n, t in self.tensors.items() if n.startswith("blk.")})
+        return "/".join(kinds)
+
+    def layer_keys(self, i: int) -> dict[str, str]:
+        return {c: f"blk.{i}.{s}" for c, s in KEYS.items() if f"blk.{i}.{s}" in self.tensors}
+
+    def tensor_info(self, i: int) -> list[tuple[str, tuple[int, ...], str]]:
+        out = []
+        for name in self.layer_keys(i).values():
+            t = self.tensors[name]
+            out.append((name, tuple(int(d) for d in reversed(t.shape)), t.tensor_type.name))
+        return out
+
+    def _read_layer(self, i: int) -> dict[str, Tensor]:
+        from gguf.quants import dequantize
+        out = {}
+        for canon, name in self.layer_keys(i).items():
+            t = self.tensors[name]
+            shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
+            try:
+                arr = dequantize(t.data, t.tensor_type)
+            except Exception as e:  # noqa: BLE001
+                raise CheckpointError(f"{self.path}: cannot dequantise {name} ({t.tensor_type.name}): {e}") from None
+            w = torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(shape)  # copy: memmap is read-only
+            if self.arch in PERMUTED_ARCHS and canon in ("attn.q.weight", "attn.k.weight"):
+                n = self.config.n_heads if canon == "attn.q.weight" else self.config.n_kv_heads
+                w = unpermute_rotary(w, n)
+            out[canon] = w
+        return out

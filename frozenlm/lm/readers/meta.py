@@ -1,0 +1,100 @@
+"""Meta LLaMA directories: params.json + consolidated.NN.pth (model-parallel shards)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..config import BlockConfig
+from .base import CheckpointError, Reader, check_exists, safe_torch_load, unpermute_rotary
+
+KEYS = {
+    "attn.q.weight": "attention.wq.weight", "attn.k.weight": "attention.wk.weight",
+    "attn.v.weight": "attention.wv.weight", "attn.o.weight": "attention.wo.weight",
+    "ffn.gate.weight": "feed_forward.w1.weight", "ffn.down.weight": "feed_forward.w2.weight",
+    "ffn.up.weight": "feed_forward.w3.weight", "attn_norm.weight": "attention_norm.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+}
+# Model-parallel shards split column-parallel weights on dim 0, row-parallel ones on dim 1.
+ROW_PARALLEL = ("attn.o.weight", "ffn.down.weight")
+
+
+def llama_ffn_dim(dim: int, multiple_of: int, multiplier: float | None) -> int:
+    """The SwiGLU hidden size Meta's model.py derives from params.json."""
+    hidden = int(2 * (4 * dim) / 3)
+    if multiplier is not None:
+        hidden = int(multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class MetaReader(Reader):
+    """Reader for Meta's consolidated checkpoints; each shard is memory-mapped, never read whole."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        pj = self.path / "params.json"
+        check_exists(pj, "params.json of a Meta LLaMA directory")
+        try:
+            p = json.loads(pj.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{pj} is not valid JSON: {e}") from None
+        self.shards = sorted(self.path.glob("consolidated.*.pth"))
+        if not self.shards:
+            raise CheckpointError(f"{self.path}: no consolidated.*.pth files next to params.json")
+        self._sds: list[dict[str, Tensor]] | None = None
+        try:
+            dim, heads = int(p["dim"]), int(p["n_heads"])
+            n_layers = int(p["n_layers"])
+        except KeyError as e:
+            raise CheckpointError(f"{pj} lacks the key {e.args[0]!r}") from None
+        ffn = llama_ffn_dim(dim, int(p.get("multiple_of", 256)), p.get("ffn_dim_multiplier"))
+        self.config = BlockConfig(family="llama", arch="llama", dim=dim, n_heads=heads,
+                                  n_kv_heads=p.get("n_kv_heads") or heads, ffn_dim=ffn, n_layers=n_layers,
+                                  norm_eps=float(p.get("norm_eps", 1e-6)),
+                                  rope_theta=float(p.get("rope_theta", 10000.0)))
+        self.format = f"meta-consolidated ({len(self.shards)} shard{'s' if len(self.shards) > 1 else ''})"
+
+    @property
+    def sds(self) -> list[dict[str, Tensor]]:
+        """Memory-mapped state dicts of every shard (tensors are views into the files)."""
+        if self._sds is None:
+            self._sds = [safe_torch_load(f) for f in self.shards]
+        return self._sds
+
+    def layer_keys(self, i: int) -> dict[str, str]:
+        return {c: f"layers.{i}.{s}" for c, s in KEYS.items() if f"layers.{i}.{s}" in self.sds[0]}
+
+    def tensor_info(self, i: int) -> list[tuple[str, tuple[int, ...], str]]:
+        out = []
+        for canon, key in self.layer_keys(i).items():
+            parts = [sd[key] for sd in self.sds]
+            shape = self._merged_shape(canon, parts)
+            out.append((key, shape, str(parts[0].dtype).replace("torch.", "")))
+        return out
+
+    @staticmethod
+    def _merged_shape(canon: str, parts: list[Tensor]) -> tuple[int, ...]:
+        s = list(parts[0].shape)
+        if len(parts) > 1 and len(s) == 2:
+            s[1 if canon in ROW_PARALLEL else 0] *= len(parts)
+        return tuple(s)
+
+    def _read_layer(self, i: int) -> dict[str, Tensor]:
+        out = {}
+        for canon, key in self.layer_keys(i).items():
+            try:
+                parts = [sd[key] for sd in self.sds]
+            except KeyError:
+                raise CheckpointError(f"{self.path}: shard lacks {key!r}; the shards do not belong together") from None
+            if parts[0].ndim == 1 or len(parts) == 1:
+                w = parts[0].clone()  # norms are replicated across shards
+            else:
+                w = torch.cat(parts, dim=1 if canon in ROW_PARALLEL else 0)
+            if canon in ("attn.q.weight", "attn.k.weight"):
+                n = self.config.n_heads if canon == "attn.q.weight" else self.config.n_kv_heads
+                if w.shape[0] % (2 * n) == 0:  # else the shape check in read_layer reports it
+                    w = unpermute_rotary(w, n)
+            out[canon] = w.contiguous()
+        return out

@@ -1,0 +1,71 @@
+"""A stack of consecutive language-model blocks with the sandwich's attention options."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .block import Block, rope_cos_sin
+from .config import BlockConfig
+
+MASKS = ("none", "causal")
+ROPES = ("none", "1d")
+
+
+def build_attention_mask(n: int, causal: bool, padding_mask: Tensor | None,
+                         device: torch.device) -> Tensor | None:
+    """Boolean (B|1, 1, N, N) mask, True = may attend, or None when everything may attend.
+
+    `padding_mask` is (B, N) bool with True marking PADDED tokens (the nn.MultiheadAttention
+    key_padding_mask convention). Every token may always attend to itself so that no row is
+    fully masked (a padded query would otherwise produce NaN); valid tokens never see pads.
+    """
+    if not causal and padding_mask is None:
+        return None
+    allow = torch.ones(1, 1, n, n, dtype=torch.bool, device=device)
+    if causal:
+        allow = allow.tril()
+    if padding_mask is not None:
+        allow = allow & ~padding_mask[:, None, None, :].to(device)
+    return allow | torch.eye(n, dtype=torch.bool, device=device)
+
+
+class BlockStack(nn.Module):
+    """Consecutive blocks of one language model: bidirectional and without RoPE by default.
+
+    `layer_indices` records which layers of the source these are (for checkpoints/inspection).
+    """
+
+    def __init__(self, cfg: BlockConfig, n_blocks: int = 1, mask: str = "none", rope: str = "none",
+                 layer_indices: list[int] | None = None) -> None:
+        super().__init__()
+        if mask not in MASKS:
+            raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+        if rope not in ROPES:
+            raise ValueError(f"rope must be one of {ROPES}, got {rope!r}")
+        if rope != "none" and cfg.family != "llama":
+            raise ValueError(f"rope={rope!r} is only defined for the LLaMA family, not {cfg.family!r}")
+        self.cfg, self.mask, self.rope = cfg, mask, rope
+        self.layer_indices = list(layer_indices) if layer_indices is not None else list(range(n_blocks))
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(n_blocks))
+
+    @property
+    def dim(self) -> int:
+        """Width of the blocks (d_lm)."""
+        return self.cfg.dim
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """x: (B, N, dim); padding_mask: optional (B, N) bool, True = padded token."""
+        if padding_mask is not None and padding_mask.shape != x.shape[:2]:
+            raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} does not match tokens "
+                             f"{tuple(x.shape[:2])} (expected (batch, tokens), True = padded)")
+        n = x.shape[1]
+        causal = self.mask == "causal"
+        mask = build_attention_mask(n, causal, padding_mask, x.device)
+        rope = rope_cos_sin(n, self.cfg.head_dim, self.cfg.rope_theta, x.device) if self.rope == "1d" else None
+        for blk in self.layers:
+            x = blk(x, mask, causal, rope)
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"family={self.cfg.family}, dim={self.cfg.dim}, layers={self.layer_indices}, "
+                f"mask={self.mask}, rope={self.rope}")
