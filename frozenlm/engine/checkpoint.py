@@ -1,0 +1,271 @@
+"""Atomic, frozen-weight-free checkpoints.
+
+Layout::
+
+    run_dir/checkpoints/
+        step_0001000/ model.safetensors  train_state.pt  meta.json
+        latest        (text: "step_0001000")
+        best          (text: name of the best step dir)
+
+``model.safetensors`` holds every model tensor EXCEPT the frozen language-model blocks, which are
+rebuilt from their source; ``meta.json`` records that source (name, layers, digest) so loading
+can refuse a different one. ``train_state.pt`` holds only tensors/numbers/strings/lists/dicts and
+is read with ``weights_only=True`` (no arbitrary unpickling).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_train_state", "read_meta",
+           "resolve_checkpoint", "latest_checkpoint", "cleanup_tmp", "frozen_param_names", "frozen_sources",
+           "checkpoint_dir_name"]
+
+MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "train_state.pt", "meta.json"
+_TMP_PREFIX = ".tmp_"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt or does not match the model."""
+
+
+def frozen_param_names(model: nn.Module) -> set[str]:
+    """State-dict keys of frozen LM blocks (delegates to ``frozenlm.layer``; empty if that is absent)."""
+    if importlib.util.find_spec("frozenlm.layer") is None:
+        return set()
+    from frozenlm.layer import frozen_param_names as fn
+
+    return set(fn(model))
+
+
+def frozen_sources(model: nn.Module) -> dict[str, dict]:
+    """``{module path: {"source", "layers", "digest"}}`` of frozen LM blocks (via ``frozenlm.layer``)."""
+    if importlib.util.find_spec("frozenlm.layer") is None:
+        return {}
+    from frozenlm.layer import frozen_sources as fn
+
+    return _jsonable(fn(model))
+
+
+def _jsonable(obj: Any) -> Any:
+    # Round-trip through JSON so tuples become lists and comparisons with meta.json are exact.
+    return json.loads(json.dumps(obj))
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """Directory name for a step (zero-padded so names sort by step)."""
+    return f"step_{step:07d}"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def _write_pointer(root: Path, name: str, target: str) -> None:
+    tmp = root / f"{_TMP_PREFIX}{name}_{os.getpid()}"
+    tmp.write_text(target + "\n")
+    _fsync_file(tmp)
+    os.replace(tmp, root / name)
+    _fsync_dir(root)
+
+
+def _read_pointer(root: Path, name: str) -> Optional[Path]:
+    p = root / name
+    if not p.is_file():
+        return None
+    target = root / p.read_text().strip()
+    return target if _is_complete(target) else None
+
+
+def _is_complete(d: Path) -> bool:
+    return d.is_dir() and all((d / f).is_file() for f in (MODEL_FILE, STATE_FILE, META_FILE))
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("step_*") if p.is_dir())
+
+
+def cleanup_tmp(root: Path) -> None:
+    """Remove leftovers of saves that crashed before their final rename."""
+    for p in Path(root).glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    """The newest complete checkpoint of a run (``latest`` pointer, else the newest complete step dir)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    found = _read_pointer(root, "latest")
+    if found is not None:
+        return found
+    complete = [d for d in _step_dirs(root) if _is_complete(d)]
+    return complete[-1] if complete else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a step dir, a ``latest``/``best`` pointer file, a ``checkpoints`` dir or a run dir."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_file():
+        target = path.parent / path.read_text().strip()
+        if not target.is_dir():
+            raise CheckpointError(f"pointer {path} names {target}, which does not exist")
+        return target
+    if (path / META_FILE).exists() or (path / MODEL_FILE).exists():
+        return path
+    run_dir = path.parent if path.name == "checkpoints" else path
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        raise CheckpointError(f"no complete checkpoint under {path} (expected {MODEL_FILE}, {STATE_FILE}, "
+                              f"{META_FILE} in a step_* directory)")
+    return found
+
+
+def model_state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every state-dict tensor except frozen LM weights, as independent contiguous CPU tensors."""
+    skip = frozen_param_names(model)
+    # clone() breaks storage sharing (tied weights), which safetensors refuses to write.
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items() if k not in skip}
+
+
+def save_checkpoint(root: str | Path, step: int, model: nn.Module, train_state: dict[str, Any],
+                    meta: dict[str, Any], keep_last: int = 2, is_best: bool = False) -> Path:
+    """Atomically write ``root/step_XXXXXXX`` (temp dir + fsync + rename), move the ``latest``
+    (and, if ``is_best``, ``best``) pointers, and prune all but the last ``keep_last`` plus best."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_dir_name(step)
+    tmp = root / f"{_TMP_PREFIX}{name}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(model_state_to_save(model), str(tmp / MODEL_FILE))
+    torch.save(train_state, tmp / STATE_FILE)
+    meta = dict(meta, step=step, frozen_sources=frozen_sources(model))
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    for f in (MODEL_FILE, STATE_FILE, META_FILE):
+        _fsync_file(tmp / f)
+    _fsync_dir(tmp)
+    final = root / name
+    if final.exists():  # re-saving the same step (e.g. after eval): swap old out first
+        old = root / f"{_TMP_PREFIX}old_{name}_{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    _write_pointer(root, "latest", name)
+    if is_best:
+        _write_pointer(root, "best", name)
+    _prune(root, keep_last)
+    return final
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    dirs = _step_dirs(root)
+    keep = set(dirs[-max(1, keep_last):])
+    for ptr in ("latest", "best"):
+        target = _read_pointer(root, ptr)
+        if target is not None:
+            keep.add(target)
+    for d in dirs:
+        if d not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
+    """Parsed ``meta.json`` of a checkpoint."""
+    ckpt_dir = resolve_checkpoint(ckpt_dir)
+    path = ckpt_dir / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir} is incomplete: missing {META_FILE}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"corrupt {path}: {e}") from e
+
+
+def load_train_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    """``train_state.pt`` read with ``weights_only=True``."""
+    path = resolve_checkpoint(ckpt_dir) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} is incomplete: missing {STATE_FILE}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle...
+        raise CheckpointError(f"cannot read {path} (corrupt or truncated?): {e}") from e
+
+
+def _check_frozen_sources(saved: dict[str, dict], current: dict[str, dict], where: Path) -> None:
+    problems = []
+    for mod in sorted(set(saved) | set(current)):
+        if mod not in current:
+            problems.append(f"{mod}: in the checkpoint but not in the model")
+        elif mod not in saved:
+            problems.append(f"{mod}: in the model but not in the checkpoint")
+        else:
+            for field in sorted(set(saved[mod]) | set(current[mod])):
+                a, b = saved[mod].get(field), current[mod].get(field)
+                if a != b:
+                    problems.append(f"{mod}: {field} differs (checkpoint {a!r}, model {b!r})")
+    if problems:
+        raise CheckpointError(f"frozen LM source mismatch for {where}:\n  " + "\n  ".join(problems)
+                              + "\nThe checkpoint was trained with a different frozen block; build the model "
+                              "with the same source/layers (and the same weights file).")
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, *, check_frozen: bool = True) -> dict[str, Any]:
+    """Load trainable/non-frozen weights into ``model`` after verifying keys, shapes and the frozen
+    source. Returns ``{"path": Path, "meta": dict}``; read optimizer etc. with :func:`load_train_state`."""
+    ckpt_dir = resolve_checkpoint(path)
+    missing_files = [f for f in (MODEL_FILE, META_FILE) if not (ckpt_dir / f).is_file()]
+    if missing_files:
+        raise CheckpointError(f"{ckpt_dir} is incomplete: missing {', '.join(missing_files)}")
+    meta = read_meta(ckpt_dir)
+    if check_frozen:
+        _check_frozen_sources(meta.get("frozen_sources") or {}, frozen_sources(model), ckpt_dir)
+    try:
+        tensors = load_file(str(ckpt_dir / MODEL_FILE))
+    except Exception as e:
+        raise CheckpointError(f"cannot read {ckpt_dir / MODEL_FILE} (corrupt or truncated?): {e}") from e
+    frozen = frozen_param_names(model)
+    own = {k: v for k, v in model.state_dict().items() if k not in frozen}
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {ckpt_dir} does not match the model:\n"
+                              f"  missing keys ({len(missing)}): {missing}\n"
+                              f"  unexpected keys ({len(unexpected)}): {unexpected}")
+    bad = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+           for k, v in own.items() if tuple(tensors[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"shape mismatch loading {ckpt_dir}:\n  " + "\n  ".join(bad))
+    result = model.load_state_dict(tensors, strict=False)
+    still_missing = sorted(set(result.missing_keys) - frozen)
+    if still_missing:
+        raise CheckpointError(f"keys not loaded into the model: {still_missing}")
+    return {"path": ckpt_dir, "meta": meta}

@@ -1,0 +1,427 @@
+"""The one training/evaluation loop shared by every task.
+
+``train(cfg)`` and ``evaluate(checkpoint)`` are the library entry points; ``main_train`` and
+``main_eval`` parse ``CONFIG [key=value ...]`` for the CLI and for ``torchrun``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from frozenlm.config import Config, load_config, make_config
+from frozenlm.engine import checkpoint as ckpt
+from frozenlm.engine.data import build_loader
+from frozenlm.engine.distributed import (DistInfo, all_reduce_sums, broadcast_object, init_distributed,
+                                         resolve_device, shutdown_distributed)
+from frozenlm.engine.ema import ModelEma
+from frozenlm.engine.logging import RunLogger
+from frozenlm.engine.optim import base_lr, build_optimizer, lr_at, param_groups, set_lr
+from frozenlm.engine.precision import autocast, check_precision, make_scaler
+from frozenlm.engine.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
+from frozenlm.engine.task import Task, get_task
+
+__all__ = ["train", "evaluate", "run_eval", "main_train", "main_eval", "validate_config", "to_device"]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("frozenlm")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _as_config(cfg: Config | Mapping[str, Any]) -> Config:
+    # Plain dicts (tests, notebooks) get the engine defaults merged under them.
+    return cfg if isinstance(cfg, Config) and "optim" in cfg else make_config(dict(cfg))
+
+
+def validate_config(cfg: Config, world_size: int = 1) -> None:
+    """Clear errors for engine settings that cannot work (before any expensive work starts)."""
+    if not cfg.get("task"):
+        raise ValueError("config has no `task:` (e.g. task: image)")
+    for key in ("batch_size", "accum_steps", "keep_last"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    bs, acc = cfg.batch_size, cfg.accum_steps
+    if bs % (world_size * acc):
+        raise ValueError(f"batch_size {bs} (global) must be divisible by world_size x accum_steps = "
+                         f"{world_size} x {acc} = {world_size * acc}")
+    if not (isinstance(cfg.epochs, (int, float)) and cfg.epochs > 0):
+        raise ValueError(f"epochs must be > 0, got {cfg.epochs!r}")
+    if cfg.max_steps is not None and (not isinstance(cfg.max_steps, int) or cfg.max_steps < 1):
+        raise ValueError(f"max_steps must be a positive integer or null, got {cfg.max_steps!r}")
+    if cfg.best_mode not in ("max", "min"):
+        raise ValueError(f"best_mode must be max or min, got {cfg.best_mode!r}")
+    if cfg.num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
+def run_eval(task: Task, model: nn.Module, loader: Any, cfg: Config, info: DistInfo,
+             device: torch.device) -> dict[str, float]:
+    """Sum ``task.eval_batch`` over the loader and all ranks, then ``task.finalize``."""
+    sums: dict[str, torch.Tensor] = {}
+    was_training = model.training
+    model.eval()
+    loader.sampler.set_epoch(0)
+    with preserved_rng(), torch.no_grad():
+        for batch in loader:
+            with autocast(cfg.precision, device):
+                out = task.eval_batch(model, to_device(batch, device), cfg)
+            for k, v in out.items():
+                v = torch.as_tensor(v).detach().to(device)
+                v = v.double() if v.is_floating_point() else v.long()
+                sums[k] = sums[k] + v if k in sums else v
+    model.train(was_training)
+    sums = all_reduce_sums(sums, info, device)
+    return dict(task.finalize({k: v.cpu() for k, v in sums.items()}, cfg))
+
+
+def _loader(task: Task, ds: Any, cfg: Config, info: DistInfo, device: torch.device, split: str, train: bool):
+    if train:
+        gb, micro = cfg.batch_size, cfg.batch_size // (info.world_size * cfg.accum_steps)
+    else:
+        gb = cfg.eval_batch_size or cfg.batch_size
+        micro = max(1, gb // info.world_size)
+    return build_loader(ds, global_batch=gb, micro_batch=micro, rank=info.rank, world_size=info.world_size,
+                        seed=cfg.seed, shuffle=train, drop_last=train, num_workers=cfg.num_workers,
+                        collate_fn=task.collate_fn(cfg, split) if hasattr(task, "collate_fn") else None,
+                        pin_memory=device.type == "cuda")
+
+
+def _gather_rng(info: DistInfo) -> list[dict]:
+    state = get_rng_state()
+    if not info.enabled:
+        return [state]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, state)
+    return out
+
+
+def _run_dir(cfg: Config, info: DistInfo) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    stamp = broadcast_object(time.strftime("%Y%m%d-%H%M%S"), info)  # same folder on every rank
+    return Path("runs") / str(cfg.name or cfg.task) / stamp
+
+
+def _find_resume(cfg: Config, run_dir: Path) -> Optional[Path]:
+    r = cfg.resume
+    if r in (None, False, "none", "null", ""):
+        return None
+    if r == "auto":
+        return ckpt.latest_checkpoint(run_dir)
+    return ckpt.resolve_checkpoint(r)
+
+
+class _Trainer:
+    """State of one training run; ``run()`` executes it. Kept private: use :func:`train`."""
+
+    def __init__(self, cfg: Config, info: DistInfo, device: torch.device) -> None:
+        self.cfg, self.info, self.device = cfg, info, device
+        self.task = get_task(cfg.task)
+        self.run_dir = _run_dir(cfg, info)
+        cfg.run_dir = str(self.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        if info.is_main and self.ckpt_root.is_dir():
+            ckpt.cleanup_tmp(self.ckpt_root)
+
+        seed_all(cfg.seed)  # identical initial weights on every rank (and in 1-process runs)
+        self.model = self.task.build_model(cfg).to(device)
+        self.train_ds = self.task.build_dataset(cfg, "train")
+        if self.train_ds is None:
+            raise ValueError(f"task {cfg.task!r} returned no training dataset")
+        self.val_ds = self.task.build_dataset(cfg, cfg.eval_split) if cfg.eval_every is not None else None
+        self.spe = len(self.train_ds) // cfg.batch_size
+        if self.spe == 0:
+            raise ValueError(f"training set has {len(self.train_ds)} samples, fewer than one global batch "
+                             f"(batch_size={cfg.batch_size})")
+        self.total = max(1, int(round(cfg.epochs * self.spe)))
+        self.stop = min(self.total, cfg.max_steps) if cfg.max_steps else self.total
+        self.warmup = int(round(float(cfg.optim.warmup_epochs) * self.spe))
+
+        groups = self.task.param_groups(self.model, cfg) if hasattr(self.task, "param_groups") else None
+        self.optimizer = build_optimizer(self.model, cfg, groups if groups is not None else param_groups(self.model, cfg))
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.peak_lr = base_lr(cfg)
+        self.scaler = make_scaler(cfg.precision, device)
+        self.ema = ModelEma(self.model, cfg.ema.decay) if cfg.ema.decay else None
+        self.step = 0
+        self.best: dict[str, Any] = {"metric": cfg.best_metric, "value": None, "step": None}
+        self.last_metrics: dict[str, float] = {}
+
+        resume = broadcast_object(_find_resume(cfg, self.run_dir), info)
+        if resume is not None:
+            self._resume(resume)
+        else:
+            seed_all(cfg.seed + info.rank)  # per-rank stream for dropout / mixup
+
+        self.ddp = None
+        if info.enabled:
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=bool(cfg.distributed.find_unused_parameters))
+        self.train_loader = _loader(self.task, self.train_ds, cfg, info, device, "train", True)
+        self.val_loader = (_loader(self.task, self.val_ds, cfg, info, device, cfg.eval_split, False)
+                           if self.val_ds is not None else None)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _train_state(self) -> dict[str, Any]:
+        state = {
+            "step": self.step, "epoch": self.step // self.spe, "batch_in_epoch": self.step % self.spe,
+            "steps_per_epoch": self.spe, "world_size": self.info.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": _gather_rng(self.info), "best": dict(self.best),
+        }
+        if hasattr(self.task, "state_dict"):
+            state["task"] = self.task.state_dict()
+        return state
+
+    def _save(self, is_best: bool) -> None:
+        state = self._train_state()  # collective (RNG gather): every rank calls it
+        if self.info.is_main:
+            meta = {"config": self.cfg.to_dict(), "epoch": self.step / self.spe, "frozenlm_version": _version(),
+                    "torch_version": torch.__version__, "metrics": self.last_metrics, "best": self.best}
+            ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, state, meta,
+                                 keep_last=self.cfg.keep_last, is_best=is_best)
+
+    def _resume(self, path: Path) -> None:
+        info = ckpt.load_checkpoint(path, self.model)
+        state = ckpt.load_train_state(info["path"])
+        if state["steps_per_epoch"] != self.spe:
+            raise ValueError(f"cannot resume {info['path']}: it has {state['steps_per_epoch']} steps per epoch, "
+                             f"this run {self.spe} (dataset size or batch_size changed)")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        if hasattr(self.task, "load_state_dict") and "task" in state:
+            self.task.load_state_dict(state["task"])
+        self.step, self.best = int(state["step"]), dict(state["best"])
+        rngs = state["rng"]
+        if len(rngs) == self.info.world_size:
+            set_rng_state(rngs[self.info.rank])
+        else:
+            warnings.warn(f"checkpoint was written by {len(rngs)} ranks, this run has {self.info.world_size}: "
+                          "RNG streams are re-seeded, so the run is not bit-identical to an uninterrupted one")
+            seed_all(self.cfg.seed + self.info.rank + 1_000_003 * self.step)
+        if self.info.is_main:
+            print(f"resumed from {info['path']} at step {self.step}", file=sys.stderr, flush=True)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _eval(self, log: RunLogger) -> dict[str, float]:
+        metrics = run_eval(self.task, self.model, self.val_loader, self.cfg, self.info, self.device)
+        log.log("eval", self.step, {"epoch": self.step / self.spe, **metrics})
+        if self.ema is not None and self.cfg.ema.eval:
+            with self.ema.swapped_in(self.model):
+                ema_metrics = run_eval(self.task, self.model, self.val_loader, self.cfg, self.info, self.device)
+            log.log("eval_ema", self.step, ema_metrics)
+            metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
+        return metrics
+
+    def _is_best(self, metrics: dict[str, float]) -> bool:
+        name = self.best["metric"] or next(iter(metrics), None)
+        if name is None:
+            return False
+        if name not in metrics:
+            raise KeyError(f"best_metric {name!r} is not among the task's metrics {sorted(metrics)}")
+        value, old = metrics[name], self.best["value"]
+        better = old is None or (value > old if self.cfg.best_mode == "max" else value < old)
+        if better:
+            self.best = {"metric": name, "value": value, "step": self.step}
+        return better
+
+    def _train_step(self, it: Any, lr: float) -> torch.Tensor:
+        cfg, model = self.cfg, self.ddp or self.model
+        set_lr(self.optimizer, lr)
+        total = torch.zeros((), device=self.device)
+        for i in range(cfg.accum_steps):
+            batch = to_device(next(it), self.device)
+            # Skip DDP's gradient all-reduce on all but the last accumulation micro-step.
+            sync = self.ddp.no_sync() if self.ddp is not None and i < cfg.accum_steps - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast(cfg.precision, self.device):
+                    loss = self.task.train_step_loss(model, batch, cfg)
+                scaled = loss.float() / cfg.accum_steps
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total += loss.detach().float() / cfg.accum_steps
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.params, float(cfg.optim.clip_grad))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return total
+
+    def run(self) -> dict[str, float]:
+        cfg, info = self.cfg, self.info
+        log = RunLogger(self.run_dir, enabled=info.is_main, progress=bool(cfg.progress),
+                        total_steps=self.stop, initial_step=self.step)
+        if info.is_main:
+            cfg.save(self.run_dir / "config.yaml")
+        self.model.train()
+        loss_sum, loss_n, t0 = torch.zeros((), device=self.device), 0, time.time()
+        while self.step < self.stop:
+            epoch = self.step // self.spe
+            self.train_loader.sampler.set_epoch(epoch, self.step % self.spe)
+            if hasattr(self.task, "set_epoch"):
+                self.task.set_epoch(epoch)
+            it = iter(self.train_loader)
+            while True:
+                lr = lr_at(self.step, self.total, self.warmup, self.peak_lr, float(cfg.optim.min_lr),
+                           float(cfg.optim.warmup_lr))
+                loss_sum += self._train_step(it, lr)
+                loss_n += 1
+                self.step += 1
+                log.advance()
+                at_end = self.step >= self.stop
+                end_of_epoch = self.step % self.spe == 0
+                if self.step % cfg.log_every == 0 or at_end:
+                    loss = self._mean_loss(loss_sum, loss_n)
+                    dt = max(time.time() - t0, 1e-9)
+                    log.log("train", self.step, {"epoch": self.step / self.spe, "lr": lr, "loss": loss,
+                                                 "samples_per_s": loss_n * cfg.batch_size / dt})
+                    self.last_metrics["train_loss"] = loss
+                    loss_sum, loss_n, t0 = torch.zeros((), device=self.device), 0, time.time()
+                do_eval = self.val_loader is not None and (at_end or (
+                    end_of_epoch and cfg.eval_every and (self.step // self.spe) % cfg.eval_every == 0))
+                is_best = False
+                if do_eval:
+                    self.last_metrics.update(self._eval(log))
+                    is_best = self._is_best(self.last_metrics)
+                if do_eval or at_end or (cfg.save_every_steps and self.step % cfg.save_every_steps == 0):
+                    self._save(is_best)
+                if at_end or end_of_epoch:
+                    break
+            del it
+        result = dict(self.last_metrics)
+        log.save_json("metrics.json", {"final": result, "best": self.best, "step": self.step,
+                                       "run_dir": str(self.run_dir)})
+        log.close()
+        return result
+
+    def _mean_loss(self, loss_sum: torch.Tensor, n: int) -> float:
+        loss = loss_sum / max(n, 1)
+        if self.info.enabled:
+            dist.all_reduce(loss)
+            loss /= self.info.world_size
+        value = float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss is {value} at step {self.step}; try a lower optim.lr, "
+                                     "optim.clip_grad, or precision=fp32")
+        return value
+
+
+def train(cfg: Config | Mapping[str, Any]) -> dict[str, float]:
+    """Train ``cfg.task`` as configured; returns the final metrics (identical on every rank).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) it joins the process group, trains with DDP and leaves
+    the group at the end (barrier + destroy) if it created it.
+    """
+    cfg = _as_config(cfg)
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    check_precision(cfg.precision, device)
+    validate_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    info = init_distributed(cfg.distributed.backend, device)
+    result = _Trainer(cfg, info, device).run()
+    shutdown_distributed(info)  # not in a finally: a barrier after a crash on one rank would hang
+    return result
+
+
+def evaluate(checkpoint_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Rebuild the model from a checkpoint's saved config (plus ``overrides``, e.g.
+    ``eval_split=test``), load its weights and evaluate; adds ``ema_*`` metrics if ``ema.eval``."""
+    path = ckpt.resolve_checkpoint(checkpoint_dir)
+    meta = ckpt.read_meta(path)
+    cfg = make_config(meta["config"], overrides)
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    check_precision(cfg.precision, device)
+    info = init_distributed(cfg.distributed.backend, device)
+    task = get_task(cfg.task)
+    seed_all(cfg.seed)
+    model = task.build_model(cfg).to(device)
+    ckpt.load_checkpoint(path, model)
+    ds = task.build_dataset(cfg, cfg.eval_split)
+    if ds is None:
+        raise ValueError(f"task {cfg.task!r} has no {cfg.eval_split!r} split")
+    loader = _loader(task, ds, cfg, info, device, cfg.eval_split, False)
+    metrics = run_eval(task, model, loader, cfg, info, device)
+    if cfg.ema.eval:
+        state = ckpt.load_train_state(path)
+        if state.get("ema"):
+            ema = ModelEma(model, cfg.ema.decay or 0.5)
+            ema.load_state_dict(state["ema"])
+            with ema.swapped_in(model):
+                metrics.update({f"ema_{k}": v for k, v in run_eval(task, model, loader, cfg, info, device).items()})
+    shutdown_distributed(info)
+    return metrics
+
+
+def _parse(argv: Optional[Sequence[str]], what: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"frozenlm {what}")
+    p.add_argument("path", help="config YAML" if what == "train" else "checkpoint dir (or run dir)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 (+key=value adds a key)")
+    return p.parse_args(argv)
+
+
+def _exit_if_distributed() -> None:
+    # See shutdown_distributed: skipping interpreter teardown avoids a gloo abort at exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os._exit(0)
+
+
+def main_train(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """``CONFIG [key=value ...]`` -> :func:`train`; exits the process at once under torchrun."""
+    args = _parse(argv, "train")
+    metrics = train(load_config(args.path, args.overrides))
+    _exit_if_distributed()
+    return metrics
+
+
+def main_eval(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """``CHECKPOINT [key=value ...]`` -> :func:`evaluate`, printing the metrics on rank 0."""
+    args = _parse(argv, "eval")
+    metrics = evaluate(args.path, args.overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    _exit_if_distributed()
+    return metrics
+
+
+if __name__ == "__main__":
+    main_train()
