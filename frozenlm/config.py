@@ -1,12 +1,13 @@
 """YAML configs: `_base_` inheritance, engine defaults, and `key=value` command-line overrides.
 
 Merge order (later wins): ``DEFAULTS`` <- ``_base_`` files (in order) <- the file <- overrides.
-Only ``yaml.safe_load`` is used, so a config can never execute code.
+Only a ``yaml.SafeLoader`` is used, so a config can never execute code.
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -55,6 +56,25 @@ DEFAULTS: dict[str, Any] = {
     "resume": "auto",  # auto | null | path to a checkpoint (or run dir)
     "distributed": {"backend": "auto", "find_unused_parameters": False},
 }
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``, a common trap)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no object construction
 
 
 class ConfigError(ValueError):
@@ -133,7 +153,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse YAML in {path}: {e}") from e
     if not isinstance(data, dict):
@@ -158,7 +178,7 @@ def _dotted_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (value parsed by ``yaml.safe_load``); ``+key=value`` adds a key."""
+    """Apply ``key.sub=value`` strings (value parsed as safe YAML); ``+key=value`` adds a key."""
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -169,7 +189,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"malformed override {item!r}: empty key")
         try:
-            value = yaml.safe_load(raw)
+            value = _yaml_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"cannot parse value of override {item!r}: {e}") from e
         parts = key.split(".")
