@@ -68,10 +68,12 @@ class BlobTask:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.model: nn.Module | None = None
 
     def build_model(self, cfg: Any) -> nn.Module:
         self.calls = 0
-        return BlobModel(cfg.data.block_seed, cfg.data.source)
+        self.model = BlobModel(cfg.data.block_seed, cfg.data.source)  # kept so tests can inspect it
+        return self.model
 
     def build_dataset(self, cfg: Any, split: str) -> Dataset:
         if split == "train":
