@@ -1,0 +1,278 @@
+"""Writers of tiny random checkpoints in the real on-disk formats (used by the test suite).
+
+Every writer starts from a `transformers` model (the reference) so tests can compare what
+frozenlm reads against the reference's own tensors:
+  - Hugging Face `save_pretrained` (safetensors unsharded / sharded, pytorch_model.bin)
+  - Meta consolidated `params.json` + `consolidated.NN.pth` (model-parallel shards, q/k in
+    Meta's interleaved rotary row order, plus the top-level `rope.freqs` key)
+  - GGUF written with `gguf.GGUFWriter` (llama: q/k permuted into llama.cpp order; qwen2: not)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+# Small shapes: dim 64, 4 heads of 16, 2 KV heads (GQA), 3 layers.
+DIM, HEADS, KV_HEADS, LAYERS = 64, 4, 2, 3
+MULTIPLE_OF = 32
+# Meta derives the SwiGLU width from dim: int(2*4*64/3)=170 -> rounded up to a multiple of 32.
+LLAMA_FFN = MULTIPLE_OF * ((int(2 * 4 * DIM / 3) + MULTIPLE_OF - 1) // MULTIPLE_OF)
+
+
+def randomize_(model: nn.Module, seed: int = 0, std: float = 0.2) -> nn.Module:
+    """Overwrite every parameter with random values (norm weights around 1, biases non-zero).
+
+    HF's own init leaves norms at 1 and biases at 0, which would hide swapped/missing norm or
+    bias tensors; random values make every tensor matter.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if "norm" in name.lower() and p.ndim == 1 and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * r)
+            else:
+                p.copy_(std * r)
+    return model.eval()
+
+
+def _eager(cfg):
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def llama_config(**kw):
+    from transformers import LlamaConfig
+    args = dict(hidden_size=DIM, intermediate_size=LLAMA_FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                num_key_value_heads=KV_HEADS, rms_norm_eps=1e-5, vocab_size=97, max_position_embeddings=128,
+                tie_word_embeddings=False)
+    args.update(kw)
+    return _eager(LlamaConfig(**args))
+
+
+def qwen2_config(**kw):
+    from transformers import Qwen2Config
+    args = dict(hidden_size=DIM, intermediate_size=96, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                num_key_value_heads=KV_HEADS, rms_norm_eps=1e-6, vocab_size=97, max_position_embeddings=128,
+                tie_word_embeddings=False)
+    args.update(kw)
+    return _eager(Qwen2Config(**args))
+
+
+def opt_config(**kw):
+    from transformers import OPTConfig
+    args = dict(hidden_size=DIM, ffn_dim=128, num_hidden_layers=LAYERS, num_attention_heads=HEADS, vocab_size=97,
+                max_position_embeddings=128, word_embed_proj_dim=DIM, do_layer_norm_before=True)
+    args.update(kw)
+    return _eager(OPTConfig(**args))
+
+
+def gpt2_config(**kw):
+    from transformers import GPT2Config
+    args = dict(n_embd=DIM, n_head=HEADS, n_layer=LAYERS, n_positions=128, vocab_size=97)
+    args.update(kw)
+    return _eager(GPT2Config(**args))
+
+
+def bert_config(**kw):
+    from transformers import BertConfig
+    args = dict(hidden_size=DIM, num_attention_heads=HEADS, intermediate_size=128, num_hidden_layers=LAYERS,
+                vocab_size=97, max_position_embeddings=128)
+    args.update(kw)
+    return _eager(BertConfig(**args))
+
+
+def make_model(kind: str, seed: int = 0, **kw) -> nn.Module:
+    """A randomised transformers base model: llama, qwen2, opt, opt-postln, gpt2 or bert."""
+    import transformers as T
+    builders = {
+        "llama": (T.LlamaModel, llama_config), "qwen2": (T.Qwen2Model, qwen2_config),
+        "opt": (T.OPTModel, opt_config), "gpt2": (T.GPT2Model, gpt2_config), "bert": (T.BertModel, bert_config),
+    }
+    if kind == "opt-postln":
+        kw.setdefault("do_layer_norm_before", False)
+        kind = "opt"
+    cls, cfg = builders[kind]
+    torch.manual_seed(seed)
+    return randomize_(cls(cfg(**kw)), seed=seed)
+
+
+def reference_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder/encoder layers of a transformers base model."""
+    for path in ("layers", "decoder.layers", "h", "encoder.layer"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise AttributeError(f"no layer list in {type(model).__name__}")
+
+
+def save_hf(model: nn.Module, path: Path, **kw) -> Path:
+    """`save_pretrained` into `path` (kw: max_shard_size)."""
+    model.save_pretrained(str(path), **kw)
+    return path
+
+
+def save_hf_bin(model: nn.Module, path: Path) -> Path:
+    """The legacy Hugging Face layout: config.json + pytorch_model.bin (a torch.save'd state dict).
+
+    transformers 5 writes safetensors even with safe_serialization=False, so the .bin is written
+    the way transformers 4 (and every older Hub checkpoint) did: torch.save(state_dict).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(str(path))
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path / "pytorch_model.bin")
+    return path
+
+
+# ---------------------------------------------------------------- Meta consolidated
+
+def to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF (rotate_half) q/k row order -> Meta / llama.cpp interleaved order.
+
+    Written independently of frozenlm.lm.readers.unpermute_rotary (this is the permutation
+    of transformers' convert_llama_weights_to_hf.py and llama.cpp's convert script).
+    """
+    rows = w.shape[0]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+META_NAMES = {
+    "self_attn.q_proj.weight": "attention.wq.weight", "self_attn.k_proj.weight": "attention.wk.weight",
+    "self_attn.v_proj.weight": "attention.wv.weight", "self_attn.o_proj.weight": "attention.wo.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight", "mlp.down_proj.weight": "feed_forward.w2.weight",
+    "mlp.up_proj.weight": "feed_forward.w3.weight", "input_layernorm.weight": "attention_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+# Meta model parallelism: ColumnParallelLinear (dim 0) and RowParallelLinear (dim 1).
+META_COLUMN = ("wq", "wk", "wv", "w1", "w3")
+META_ROW = ("wo", "w2")
+
+
+def meta_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full (unsharded) Meta-format state dict from a transformers LlamaModel."""
+    cfg = model.config
+    sd = model.state_dict()
+    out: dict[str, torch.Tensor] = {"tok_embeddings.weight": sd["embed_tokens.weight"].clone(),
+                                    "norm.weight": sd["norm.weight"].clone()}
+    for i in range(cfg.num_hidden_layers):
+        for hf, meta in META_NAMES.items():
+            w = sd[f"layers.{i}.{hf}"].clone()
+            if hf == "self_attn.q_proj.weight":
+                w = to_interleaved(w, cfg.num_attention_heads)
+            elif hf == "self_attn.k_proj.weight":
+                w = to_interleaved(w, cfg.num_key_value_heads)
+            out[f"layers.{i}.{meta}"] = w
+    out["output.weight"] = torch.randn(cfg.vocab_size, cfg.hidden_size)
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    out["rope.freqs"] = 1.0 / 10000.0 ** (torch.arange(0, hd, 2).float() / hd)
+    return out
+
+
+def shard_meta(sd: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
+    """Split a Meta state dict the way model parallelism stores it across `n` consolidated files."""
+    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+    for k, v in sd.items():
+        kind = k.split(".")[-2] if k.endswith(".weight") else ""
+        if k in ("tok_embeddings.weight",):
+            parts = v.chunk(n, dim=1)  # ParallelEmbedding splits the embedding dim
+        elif k == "output.weight" or kind in META_COLUMN:
+            parts = v.chunk(n, dim=0)
+        elif kind in META_ROW:
+            parts = v.chunk(n, dim=1)
+        else:  # norms, rope.freqs: replicated
+            parts = [v] * n
+        for s, p in zip(shards, parts):
+            s[k] = p.clone()
+    return shards
+
+
+def write_meta(model: nn.Module, path: Path, n_shards: int = 1) -> Path:
+    """params.json + consolidated.NN.pth from a transformers LlamaModel (weights exactly the HF ones)."""
+    cfg = model.config
+    path.mkdir(parents=True, exist_ok=True)
+    params = {"dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads,
+              "n_kv_heads": cfg.num_key_value_heads, "multiple_of": MULTIPLE_OF, "norm_eps": cfg.rms_norm_eps,
+              "vocab_size": -1}
+    (path / "params.json").write_text(json.dumps(params))
+    for j, shard in enumerate(shard_meta(meta_state_dict(model), n_shards)):
+        torch.save(shard, path / f"consolidated.{j:02d}.pth")
+    return path
+
+
+# ---------------------------------------------------------------- GGUF
+
+GGUF_NAMES = {
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight", "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+
+
+def write_gguf(model: nn.Module, path: Path, arch: str = "llama") -> Path:
+    """A GGUF file (F32 tensors) from a transformers LlamaModel / Qwen2Model, as llama.cpp converts it."""
+    import gguf
+    cfg = model.config
+    sd = model.state_dict()
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(10000.0)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    def add(name: str, t: torch.Tensor) -> None:
+        w.add_tensor(name, np.ascontiguousarray(t.detach().float().numpy()))
+
+    add("token_embd.weight", sd["embed_tokens.weight"])
+    for i in range(cfg.num_hidden_layers):
+        for hf, gg in GGUF_NAMES.items():
+            key = f"layers.{i}.{hf}"
+            if key not in sd:
+                continue
+            t = sd[key]
+            if arch == "llama" and hf == "self_attn.q_proj.weight":
+                t = to_interleaved(t, cfg.num_attention_heads)
+            elif arch == "llama" and hf == "self_attn.k_proj.weight":
+                t = to_interleaved(t, cfg.num_key_value_heads)
+            add(f"blk.{i}.{gg}", t)
+    add("output_norm.weight", sd["norm.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# ---------------------------------------------------------------- expected tensors
+
+HF_LLAMA_TO_CANON = {
+    "self_attn.q_proj.weight": "attn.q.weight", "self_attn.k_proj.weight": "attn.k.weight",
+    "self_attn.v_proj.weight": "attn.v.weight", "self_attn.o_proj.weight": "attn.o.weight",
+    "self_attn.q_proj.bias": "attn.q.bias", "self_attn.k_proj.bias": "attn.k.bias",
+    "self_attn.v_proj.bias": "attn.v.bias",
+    "mlp.gate_proj.weight": "ffn.gate.weight", "mlp.up_proj.weight": "ffn.up.weight",
+    "mlp.down_proj.weight": "ffn.down.weight", "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+
+
+def expected_llama_layer(model: nn.Module, k: int) -> dict[str, torch.Tensor]:
+    """Layer k of a transformers Llama/Qwen2 model under frozenlm's canonical names."""
+    layer_sd = reference_layers(model)[k].state_dict()
+    return {HF_LLAMA_TO_CANON[n]: t for n, t in layer_sd.items() if n in HF_LLAMA_TO_CANON}
