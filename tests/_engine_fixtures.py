@@ -1,7 +1,10 @@
 """A tiny synthetic task for engine tests: gaussian-blob classification through a frozen LM block."""
 from __future__ import annotations
 
+import random
 from typing import Any
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +88,10 @@ class BlobTask:
         if cfg.data.crash_after_calls and self.calls > cfg.data.crash_after_calls:
             raise RuntimeError("simulated crash")
         x, y = batch
+        if cfg.data.step_noise:
+            # Like mixup: draws from the GLOBAL python/numpy/torch RNGs, which resume must restore.
+            scale = cfg.data.step_noise * (1 + random.random() + float(np.random.rand()))
+            x = x + scale * torch.randn_like(x)
         return F.cross_entropy(model(x), y)
 
     def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, torch.Tensor]:
@@ -102,7 +109,8 @@ def blob_config(run_dir: Any, *overrides: str) -> Any:
         "task": "test_blobs", "run_dir": str(run_dir), "epochs": 3, "batch_size": 16, "num_workers": 0,
         "precision": "fp32", "log_every": 2, "progress": False, "device": "cpu",
         "optim": {"lr": 5e-3, "warmup_epochs": 0.5, "min_lr": 1e-4, "weight_decay": 0.05},
-        "data": {"n_train": 72, "n_val": 40, "block_seed": 0, "source": "tiny-test", "crash_after_calls": None},
+        "data": {"n_train": 72, "n_val": 40, "block_seed": 0, "source": "tiny-test", "crash_after_calls": None,
+                 "step_noise": 0.0},
     }
     return make_config(base, overrides)
 

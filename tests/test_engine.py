@@ -78,7 +78,8 @@ def test_config_errors_are_clear(tmp_path):
 # -- exact resume ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("workers,extra", [(0, ["ema.decay=0.9"]), (2, ["accum_steps=2"])])
 def test_resume_after_crash_is_bit_identical(tmp_path, workers, extra):
-    common = [f"num_workers={workers}", "epochs=2", "save_every_steps=3", "eval_every=1", *extra]
+    common = [f"num_workers={workers}", "epochs=2", "save_every_steps=3", "eval_every=1", "data.step_noise=0.1",
+              *extra]
     train(fx.blob_config(tmp_path / "full", *common))
     # 7 optimizer steps (with an eval + save at step 4), then a crash: step 6 (mid-epoch; 4 steps per
     # epoch) is the last checkpoint, step 7 is lost.
