@@ -52,13 +52,17 @@ def split_source_spec(spec: str) -> tuple[str, str | None]:
     if ":" not in spec:
         return spec, None
     head, tail = spec.rsplit(":", 1)
-    if _LIST.match(tail):
-        return head, tail
+    candidates = []
     if head.count(":"):
         head2, a = head.rsplit(":", 1)
         if head2 and _RANGE.match(f"{a}:{tail}"):
-            return head2, f"{a}:{tail}"
-    return spec, None
+            candidates.append((head2, f"{a}:{tail}"))  # 'dir:0:2' is a range, not layer 2 of 'dir:0'
+    if _LIST.match(tail):
+        candidates.append((head, tail))
+    for src, layers in candidates:  # prefer the reading whose source exists
+        if src in CATALOG or Path(src).expanduser().exists():
+            return src, layers
+    return candidates[0] if candidates else (spec, None)
 
 
 def catalog_table() -> list[dict[str, Any]]:

@@ -122,10 +122,15 @@ def safe_torch_load(path: Path) -> dict[str, Tensor]:
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message starts with generic advice; the line naming the offending global is the useful one.
+        import re
+        msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+        detail = f"it holds {m.group(1)}" if m else msg.strip().splitlines()[-1] if msg.strip() else type(e).__name__
         raise CheckpointError(
-            f"{path} contains pickled objects other than tensors, so it is not loaded (loading it "
-            f"could run arbitrary code). Re-save it as safetensors or as a plain state_dict. "
-            f"Detail: {str(e).splitlines()[0]}") from None
+            f"{path} contains pickled objects other than tensors ({detail}); loading it was refused because "
+            f"unpickling it could run arbitrary code. Re-save it as safetensors or as a plain "
+            f"state_dict of tensors.") from None
     except RuntimeError as e:
         msg = str(e)
         if "mmap" in msg or "zip" in msg.lower():
