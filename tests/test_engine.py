@@ -274,3 +274,16 @@ def test_topk_sums_and_finalize():
     assert classification_finalize(sums) == {"top1": 25.0, "top2": 75.0, "loss": 1.0}
     soft = torch.nn.functional.one_hot(target, 3).float()
     assert float(topk_sums(logits, soft, ks=(1,))["correct1"]) == 1.0
+
+
+def test_main_train_and_main_eval_parse_argv(tmp_path, capsys):
+    from frozenlm.engine import main_eval, main_train
+
+    cfg = fx.blob_config(tmp_path / "run").to_dict()
+    cfg.pop("name")
+    (tmp_path / "blobs.yaml").write_text(__import__("yaml").safe_dump(cfg))
+    metrics = main_train([str(tmp_path / "blobs.yaml"), "max_steps=2", "optim.lr=1e-3", "+data.note=hi"])
+    saved = read_meta(tmp_path / "run")["config"]
+    assert saved["name"] == "blobs" and saved["optim"]["lr"] == 1e-3 and saved["data"]["note"] == "hi"
+    again = main_eval([str(tmp_path / "run" / "checkpoints" / "latest")])
+    assert again["top1"] == metrics["top1"] and f"top1={metrics['top1']:.4f}" in capsys.readouterr().out
