@@ -52,7 +52,7 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
     """Clear errors for engine settings that cannot work (before any expensive work starts)."""
     if not cfg.get("task"):
         raise ValueError("config has no `task:` (e.g. task: image)")
-    for key in ("batch_size", "accum_steps", "keep_last"):
+    for key in ("batch_size", "accum_steps", "keep_last", "log_every"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
     bs, acc = cfg.batch_size, cfg.accum_steps
@@ -63,6 +63,8 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"epochs must be > 0, got {cfg.epochs!r}")
     if cfg.max_steps is not None and (not isinstance(cfg.max_steps, int) or cfg.max_steps < 1):
         raise ValueError(f"max_steps must be a positive integer or null, got {cfg.max_steps!r}")
+    if cfg.save_every_steps is not None and (not isinstance(cfg.save_every_steps, int) or cfg.save_every_steps < 1):
+        raise ValueError(f"save_every_steps must be a positive integer or null, got {cfg.save_every_steps!r}")
     if cfg.best_mode not in ("max", "min"):
         raise ValueError(f"best_mode must be max or min, got {cfg.best_mode!r}")
     if cfg.num_workers < 0:
