@@ -47,7 +47,7 @@ class LMLayer(nn.Module):
         self.in_dim, self.variant, self.residual = in_dim, variant, residual
         self.source = str(source)
         self.blocks: BlockStack | None = None
-        self._digest: str | None = None
+        self._digest: tuple[tuple, str] | None = None
         if variant == "none":
             self.layer_indices: list[int] = []
             return
@@ -111,9 +111,12 @@ class LMLayer(nn.Module):
         """SHA-256 of the frozen tensors (cached), or None when nothing is frozen."""
         if not self.is_frozen or self.blocks is None:
             return None
-        if self._digest is None:
-            self._digest = tensor_digest(self.blocks)
-        return self._digest
+        # Cache keyed on every tensor's storage and version counter: any in-place change
+        # (load_state_dict, copy_, .to()) invalidates it, so the digest is never stale.
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in self.blocks.state_dict().values())
+        if self._digest is None or self._digest[0] != key:
+            self._digest = (key, tensor_digest(self.blocks))
+        return self._digest[1]
 
     def frozen_reference(self) -> dict[str, Any] | None:
         """What a training checkpoint records instead of the frozen weights."""
