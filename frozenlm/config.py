@@ -27,8 +27,9 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 64,  # GLOBAL batch per optimizer step (all ranks, all accumulation micro-steps)
     "eval_batch_size": None,  # global; defaults to batch_size
     "accum_steps": 1,
+    "repeated_aug": 1,  # DeiT's repeated augmentation (3 in the ImageNet recipe)
     "num_workers": 2,
-    "precision": "bf16",  # fp32 | bf16 | fp16 (fp16 only on CUDA)
+    "precision": "auto",  # auto | fp32 | bf16 | fp16 (fp16 only on CUDA); auto = bf16 where it is fast
     "optim": {
         "name": "adamw",
         "lr": 5.0e-4,

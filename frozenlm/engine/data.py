@@ -36,9 +36,11 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, ...]) -> Any:
+        epoch, index, *copy = key
         s = sample_seed(self.seed, epoch, index)
+        if copy and copy[0]:
+            s = sample_seed(s, copy[0], 0)  # repeated-augmentation copies get their own augmentation
         # Save/restore: with num_workers=0 this runs in the training process, whose global RNG
         # (dropout, mixup) must not be disturbed by data loading.
         py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
@@ -60,10 +62,16 @@ class EpochSampler(Sampler):
     positions r, r+W, r+2W... With per-rank batch = global batch / W, the union of the ranks'
     k-th batches is exactly the k-th global batch of a 1-process run. ``drop_last`` drops the
     incomplete last GLOBAL batch (training); without it nothing is padded or duplicated (eval).
+    ``repeats`` > 1 is DeiT's repeated augmentation: each shuffled index appears ``repeats``
+    times in a row (so its copies land on different ranks, each with its own augmentation,
+    keyed ``(epoch, index, copy)``) and the epoch keeps the dataset's length.
     """
 
     def __init__(self, size: int, global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True) -> None:
+                 shuffle: bool = True, drop_last: bool = True, repeats: int = 1) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeated_aug must be >= 1, got {repeats}")
+        self.repeats = int(repeats)
         self.size, self.global_batch = int(size), int(global_batch)
         self.rank, self.world_size, self.seed = rank, world_size, int(seed)
         self.shuffle, self.drop_last = shuffle, drop_last
@@ -83,8 +91,12 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
+        if self.repeats == 1:
+            for pos in self._positions():
+                yield (self.epoch, order[pos])
+            return
         for pos in self._positions():
-            yield (self.epoch, order[pos])
+            yield (self.epoch, order[pos // self.repeats], pos % self.repeats)
 
     def __len__(self) -> int:
         return len(self._positions())
@@ -97,9 +109,10 @@ def _worker_init(_: int) -> None:
 
 def build_loader(dataset: Dataset, *, global_batch: int, micro_batch: int, rank: int, world_size: int,
                  seed: int, shuffle: bool, drop_last: bool, num_workers: int,
-                 collate_fn: Optional[Callable] = None, pin_memory: bool = False) -> DataLoader:
+                 collate_fn: Optional[Callable] = None, pin_memory: bool = False, repeats: int = 1) -> DataLoader:
     """A DataLoader over :class:`SeededDataset` with an :class:`EpochSampler` (``loader.sampler``)."""
-    sampler = EpochSampler(len(dataset), global_batch, rank, world_size, seed, shuffle, drop_last)  # type: ignore[arg-type]
+    sampler = EpochSampler(len(dataset), global_batch, rank, world_size, seed, shuffle, drop_last,  # type: ignore[arg-type]
+                           repeats)
     return DataLoader(
         SeededDataset(dataset, seed), batch_size=micro_batch, sampler=sampler, num_workers=num_workers,
         collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False,

@@ -29,7 +29,7 @@ from frozenlm.engine.distributed import (DistInfo, all_reduce_sums, broadcast_ob
 from frozenlm.engine.ema import ModelEma
 from frozenlm.engine.logging import RunLogger
 from frozenlm.engine.optim import base_lr, build_optimizer, lr_at, param_groups, set_lr
-from frozenlm.engine.precision import autocast, check_precision, make_scaler
+from frozenlm.engine.precision import autocast, check_precision, make_scaler, resolve_precision
 from frozenlm.engine.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
 from frozenlm.engine.task import Task, get_task
 
@@ -112,7 +112,7 @@ def _loader(task: Task, ds: Any, cfg: Config, info: DistInfo, device: torch.devi
     return build_loader(ds, global_batch=gb, micro_batch=micro, rank=info.rank, world_size=info.world_size,
                         seed=cfg.seed, shuffle=train, drop_last=train, num_workers=cfg.num_workers,
                         collate_fn=task.collate_fn(cfg, split) if hasattr(task, "collate_fn") else None,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", repeats=int(cfg.repeated_aug or 1) if train else 1)
 
 
 def _gather_rng(info: DistInfo) -> list[dict]:
@@ -356,6 +356,7 @@ def train(cfg: Config | Mapping[str, Any]) -> dict[str, float]:
     cfg = _as_config(cfg)
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_precision(cfg.precision, device)
+    cfg.precision = resolve_precision(cfg.precision, device)
     validate_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     info = init_distributed(cfg.distributed.backend, device)
     result = _Trainer(cfg, info, device).run()
@@ -371,6 +372,7 @@ def evaluate(checkpoint_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
     cfg = make_config(meta["config"], overrides)
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_precision(cfg.precision, device)
+    cfg.precision = resolve_precision(cfg.precision, device)
     info = init_distributed(cfg.distributed.backend, device)
     task = get_task(cfg.task)
     seed_all(cfg.seed)

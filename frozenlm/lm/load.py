@@ -41,15 +41,27 @@ def load_blocks(source: str | Path, layers: LayerSpec = (-1,), dtype: torch.dtyp
     src, suffix = split_source_spec(str(source))
     reader = open_source(src)
     idx = parse_layers(suffix if suffix is not None else layers, reader.config.n_layers)
-    stack = BlockStack(reader.config, n_blocks=len(idx), mask=mask, rope=rope, layer_indices=idx)
+    # Built on the meta device: no memory is allocated (or randomly initialised) for weights that
+    # are about to be replaced, so peak memory stays ~1 copy of the layers being read.
+    with torch.device("meta"):
+        stack = BlockStack(reader.config, n_blocks=len(idx), mask=mask, rope=rope, layer_indices=idx)
     for blk, i in zip(stack.layers, idx):
         # read_layer has checked names and shapes against the config, so strict loading cannot fail.
-        blk.load_state_dict(reader.read_layer(i), strict=True)
+        tensors = {k: _owned(t) for k, t in reader.read_layer(i).items()}
+        blk.load_state_dict(tensors, strict=True, assign=True)
     stack.to(dtype or torch.float32)
     stack.source = str(src)
     if freeze:
         stack.requires_grad_(False)
     return stack
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself, or a compact copy when it is a view into a larger buffer (e.g. one third of a
+    fused GPT-2 qkv weight), so parameters never pin memory they do not use."""
+    if t.untyped_storage().nbytes() > t.numel() * t.element_size() or not t.is_contiguous():
+        return t.contiguous().clone()
+    return t
 
 
 def tensor_digest(module: nn.Module) -> str:

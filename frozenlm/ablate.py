@@ -1,0 +1,138 @@
+"""`frozenlm ablate`: run a grid of variants/layers/positions/sources x seeds, then tabulate and plot."""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+AXES = {  # command-line flag -> config key it sets
+    "variants": "model.lm.variant",
+    "layers": "model.lm.layers",
+    "positions": "model.position",
+    "sources": "model.lm.source",
+}
+
+
+def grid(axes: dict[str, list[str]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Every combination of the given axis values, times seeds; each with its overrides and a name."""
+    names = [a for a in AXES if axes.get(a)]
+    runs = []
+    for combo in itertools.product(*(axes[a] for a in names)):
+        label = "_".join(_slug(v) for v in combo) or "run"
+        for seed in seeds:
+            over = [f"{AXES[a]}={v}" for a, v in zip(names, combo)] + [f"seed={seed}"]
+            runs.append({"group": dict(zip(names, combo)), "seed": seed, "name": f"{label}_s{seed}",
+                         "overrides": over})
+    return runs
+
+
+def _slug(v: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in str(v)).strip("-")[-40:]
+
+
+def summarize(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Mean and sample std of `metric` per group (over seeds)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r["group"].items()), []).append(float(r[metric]))
+    out = []
+    for key, vals in groups.items():
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append({**dict(key), "n": len(vals), "mean": statistics.fmean(vals), "std": sd})
+    return out
+
+
+def write_outputs(out_dir: Path, rows: list[dict[str, Any]], metric: str, title: str) -> dict[str, Path]:
+    """results.csv (one row per run), summary.md (mean ± std per group) and summary.png (bar chart)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    axes = list(rows[0]["group"]) if rows else []
+    csv_path = out_dir / "results.csv"
+    metric_keys = sorted({k for r in rows for k in r if k not in ("group", "seed", "name")})
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(axes + ["seed"] + metric_keys)
+        for r in rows:
+            w.writerow([r["group"][a] for a in axes] + [r["seed"]] + [r.get(k, "") for k in metric_keys])
+    summ = summarize(rows, metric)
+    md = out_dir / "summary.md"
+    lines = [f"| {' | '.join(axes)} | seeds | {metric} (mean ± std) |",
+             "|" + "---|" * (len(axes) + 2)]
+    for s in summ:
+        lines.append(f"| {' | '.join(str(s[a]) for a in axes)} | {s['n']} | {s['mean']:.2f} ± {s['std']:.2f} |")
+    md.write_text("\n".join(lines) + "\n")
+    png = out_dir / "summary.png"
+    _plot(summ, axes, metric, title, png)
+    return {"csv": csv_path, "md": md, "png": png}
+
+
+def _plot(summ: list[dict[str, Any]], axes: list[str], metric: str, title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = ["/".join(str(s[a]) for a in axes) for s in summ]
+    means, stds = [s["mean"] for s in summ], [s["std"] for s in summ]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(summ) + 1), 3.6))
+    ax.bar(range(len(summ)), means, yerr=stds, capsize=4, color="#4c72b0")
+    lo = min(m - s for m, s in zip(means, stds)) if means else 0
+    hi = max(m + s for m, s in zip(means, stds)) if means else 1
+    pad = max(0.5, (hi - lo) * 0.3)
+    ax.set_ylim(max(0.0, lo - pad), hi + pad)
+    ax.set_xticks(range(len(summ)), labels, rotation=20, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    for i, (m, s) in enumerate(zip(means, stds)):
+        ax.text(i, m + s + pad * 0.1, f"{m:.2f}", ha="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_ablation(config: str, axes: dict[str, list[str]], seeds: Sequence[int], overrides: Sequence[str],
+                 out_dir: Path, metric: str = "top1") -> list[dict[str, Any]]:
+    """Train every grid point (skipping finished ones, so an interrupted ablation resumes)."""
+    from .config import load_config
+    from .engine.train import train
+    rows = []
+    runs = grid(axes, seeds)
+    for i, run in enumerate(runs):
+        run_dir = out_dir / run["name"]
+        done = run_dir / "metrics.json"
+        if not done.exists():
+            print(f"[ablate] {i + 1}/{len(runs)} {run['name']}: {' '.join(run['overrides'])}", flush=True)
+            cfg = load_config(config, [*overrides, *run["overrides"], f"run_dir={run_dir}"])
+            train(cfg)
+        final = json.loads(done.read_text())["final"]
+        if metric not in final:
+            raise KeyError(f"metric {metric!r} not in {run_dir}/metrics.json (has {sorted(final)})")
+        rows.append({"group": run["group"], "seed": run["seed"], "name": run["name"], **final})
+    return rows
+
+
+def main_ablate(argv: Sequence[str]) -> None:
+    """CLI: `frozenlm ablate CONFIG --variants none,frozen,mlp --seeds 3 [key=value ...]`."""
+    p = argparse.ArgumentParser(prog="frozenlm ablate", description="Run a grid of runs and tabulate mean ± std.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    for a, key in AXES.items():
+        sep = ";" if a == "layers" else ","
+        p.add_argument(f"--{a}", default=None, help=f"'{sep}'-separated values for {key}")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--metric", default="top1")
+    p.add_argument("--out", default=None, help="output dir (default runs/ablate/<config name>)")
+    a = p.parse_args(argv)
+    axes = {k: [v.strip() for v in getattr(a, k).split(";" if k == "layers" else ",") if v.strip()]
+            for k in AXES if getattr(a, k)}
+    if not axes:
+        raise ValueError("give at least one of --variants, --layers, --positions, --sources")
+    out = Path(a.out or f"runs/ablate/{Path(a.config).stem}")
+    rows = run_ablation(a.config, axes, range(a.seeds), a.overrides, out, a.metric)
+    paths = write_outputs(out, rows, a.metric, f"{Path(a.config).stem}: {a.metric}")
+    print(paths["md"].read_text())
+    print(f"wrote {paths['csv']}, {paths['md']}, {paths['png']}")
+
+
+__all__ = ["grid", "main_ablate", "run_ablation", "summarize", "write_outputs"]

@@ -1,0 +1,2 @@
+"""Tasks register themselves with the engine on import."""
+from . import image  # noqa: F401
