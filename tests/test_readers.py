@@ -494,3 +494,22 @@ def test_pickle_not_weights_only_meta(llama_ckpts, tmp_path):
 def test_unknown_catalog_name():
     with pytest.raises(CheckpointError, match="neither a catalog name"):
         frozenlm.load_blocks("llama-7b-that-is-not-here")
+
+
+def test_legacy_torch_save_format(llama_ckpts, tmp_path):
+    """Pre-1.6 (non-zip) pytorch_model.bin cannot be memory-mapped; it still loads, weights-only."""
+    d = _copy(llama_ckpts["hf_bin"], tmp_path / "legacy")
+    sd = torch.load(d / "pytorch_model.bin", weights_only=True)
+    torch.save(sd, d / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert_same_weights(block_sd(frozenlm.load_blocks(str(d), [2])),
+                        F.expected_llama_layer(llama_ckpts["model"], 2), "legacy .bin")
+
+
+def test_truncated_pytorch_bin(llama_ckpts, tmp_path):
+    d = _copy(llama_ckpts["hf_bin"], tmp_path / "bin-trunc")
+    f = d / "pytorch_model.bin"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="pytorch_model.bin") as e:
+        frozenlm.load_blocks(str(d), [0])
+    assert "truncated" in str(e.value) or "corrupt" in str(e.value)
