@@ -17,8 +17,9 @@ def model_kwargs(cfg: Any) -> dict[str, Any]:
     """Arguments of `create_model` from the config's `model:` section (name excluded)."""
     m = dict(cfg.model)
     m.pop("name")
-    m.setdefault("num_classes", cfg.data.get("num_classes") or 1000)
-    if cfg.data.get("in_chans") and "in_chans" not in m:
+    if m.get("num_classes") is None:
+        m["num_classes"] = cfg.data.get("num_classes") or 1000
+    if cfg.data.get("in_chans") and m.get("in_chans") is None:
         m["in_chans"] = cfg.data.in_chans
     if cfg.data.get("img_size") and m.get("img_size") is None:
         m["img_size"] = cfg.data.img_size
@@ -35,6 +36,8 @@ class ImageClassification(Task):
         self._class_indices: Tensor | None = None
 
     def build_model(self, cfg: Any) -> nn.Module:
+        # The task object is shared across runs in one process (ablations): drop per-run state.
+        self._mixup, self._loss, self._class_indices = None, None, None
         return create_model(cfg.model.name, **model_kwargs(cfg))
 
     def build_dataset(self, cfg: Any, split: str) -> Any:
