@@ -143,6 +143,8 @@ class FashionMNIST(Dataset):
         label = int(self.targets[index])
         if self.transform is None:
             return self.data[index].unsqueeze(0), label
+        if getattr(self.transform, "accepts_tensor", False):
+            return self.transform(self.data[index].unsqueeze(0)), label
         return self.transform(Image.fromarray(self.data[index].numpy())), label
 
 

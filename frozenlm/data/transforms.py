@@ -6,7 +6,7 @@ grayscale images (Fashion-MNIST) get a light crop/flip pipeline.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -65,6 +65,36 @@ class ToChannels:
         return f"ToChannels({self.n})"
 
 
+class TensorSmallTransform:
+    """uint8 (1, H, W) tensor -> padded random crop -> float, channels, normalise; no PIL round trip.
+
+    Used when only crop/flip are asked for: about 10x faster than the PIL pipeline, which matters
+    on 2-core machines where data workers compete with the model for the CPU.
+    """
+
+    accepts_tensor = True
+
+    def __init__(self, pad: int, hflip: float, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.pad, self.hflip, self.in_chans = pad, hflip, in_chans
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        if self.pad:
+            h, w = x.shape[-2:]
+            x = torch.nn.functional.pad(x, (self.pad,) * 4)
+            i, j = (int(v) for v in torch.randint(0, 2 * self.pad + 1, (2,)))
+            x = x[..., i:i + h, j:j + w]
+        if self.hflip > 0 and float(torch.rand(())) < self.hflip:
+            x = x.flip(-1)
+        x = x.expand(self.in_chans, -1, -1)
+        return (x - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"TensorSmallTransform(pad={self.pad}, hflip={self.hflip}, in_chans={self.in_chans})"
+
+
 def small_image_transform(cfg: Mapping[str, Any], train: bool, native_size: int = 28) -> Callable:
     """Transform for small grayscale PIL images (Fashion-MNIST) -> normalized float tensor.
 
@@ -77,12 +107,15 @@ def small_image_transform(cfg: Mapping[str, Any], train: bool, native_size: int 
     img_size = int(cfg.get("img_size") or native_size)
     in_chans = int(cfg.get("in_chans") or 1)
     mean, std = _mean_std(cfg, FASHION_MNIST_MEAN, FASHION_MNIST_STD, in_chans)
+    pad = int(cfg.get("crop_padding", 2) or 0) if train else 0
+    hflip = float(cfg.get("hflip", 0.0) or 0.0) if train else 0.0
+    reprob = float(cfg.get("reprob", 0.0) or 0.0) if train else 0.0
+    if img_size == native_size and not (train and cfg.get("auto_augment")) and reprob == 0:
+        return TensorSmallTransform(pad, hflip, in_chans, mean, std)
     ops: list[Callable] = []
     if train:
-        pad = int(cfg.get("crop_padding", 2) or 0)
         if pad:
             ops.append(T.RandomCrop(native_size, padding=pad))
-        hflip = float(cfg.get("hflip", 0.0) or 0.0)
         if hflip > 0:
             ops.append(T.RandomHorizontalFlip(hflip))
     if img_size != native_size:
@@ -96,7 +129,6 @@ def small_image_transform(cfg: Mapping[str, Any], train: bool, native_size: int 
                 rand_augment_transform(aa, {"translate_const": int(img_size * 0.45), "img_mean": (128, 128, 128)}),
                 ConvertMode("L")]
     ops += [T.ToTensor(), ToChannels(in_chans), T.Normalize(mean, std)]
-    reprob = float(cfg.get("reprob", 0.0) or 0.0) if train else 0.0
     if reprob > 0:
         from timm.data.random_erasing import RandomErasing
 
