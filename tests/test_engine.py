@@ -287,3 +287,27 @@ def test_main_train_and_main_eval_parse_argv(tmp_path, capsys):
     assert saved["name"] == "blobs" and saved["optim"]["lr"] == 1e-3 and saved["data"]["note"] == "hi"
     again = main_eval([str(tmp_path / "run" / "checkpoints" / "latest")])
     assert again["top1"] == metrics["top1"] and f"top1={metrics['top1']:.4f}" in capsys.readouterr().out
+
+
+def test_repeated_augmentation_sampler_and_seeds() -> None:
+    """DeiT-style x3 repeats: copies of an index sit on different ranks and get different augmentation."""
+    from frozenlm.engine.data import EpochSampler, SeededDataset
+
+    size, world = 24, 3
+    per_rank = [list(EpochSampler(size, 6, rank=r, world_size=world, seed=1, repeats=3)) for r in range(world)]
+    assert sum(len(p) for p in per_rank) == size  # the epoch keeps the dataset's length
+    for pos in range(len(per_rank[0])):
+        keys = [per_rank[r][pos] for r in range(world)]
+        assert len({k[1] for k in keys}) == 1 and sorted(k[2] for k in keys) == [0, 1, 2]
+
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return size
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.rand(())
+
+    ds = SeededDataset(Noise(), seed=1)
+    assert ds[(0, 5)] == ds[(0, 5, 0)] and ds[(0, 5, 1)] != ds[(0, 5, 0)]
+    with pytest.raises(ValueError, match="repeated_aug"):
+        EpochSampler(size, 6, repeats=0)

@@ -17,6 +17,7 @@ POSITIONS = ("head", "middle", "tail")
 # Small ViTs for 28-64 px inputs (Fashion-MNIST, easy-VQA, the analysis dataset); the 224 px
 # ones come straight from timm.
 SMALL_VITS: dict[str, dict[str, Any]] = {
+    "vit_mini_patch14_28": dict(img_size=28, patch_size=14, embed_dim=128, depth=4, num_heads=4),
     "vit_mini_patch7_28": dict(img_size=28, patch_size=7, embed_dim=128, depth=4, num_heads=4),
     "vit_tiny_patch7_28": dict(img_size=28, patch_size=7, embed_dim=192, depth=6, num_heads=3),
     "vit_tiny_patch4_28": dict(img_size=28, patch_size=4, embed_dim=192, depth=12, num_heads=3),
