@@ -123,7 +123,7 @@ def main_ablate(argv: Sequence[str]) -> None:
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
     p.add_argument("--metric", default="top1")
     p.add_argument("--out", default=None, help="output dir (default runs/ablate/<config name>)")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides may follow the flags
     axes = {k: [v.strip() for v in getattr(a, k).split(";" if k == "layers" else ",") if v.strip()]
             for k in AXES if getattr(a, k)}
     if not axes:

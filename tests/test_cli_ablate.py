@@ -1,0 +1,69 @@
+"""CLI front end and the ablation runner."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from frozenlm.ablate import grid, run_ablation, summarize, write_outputs
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "frozenlm.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_inspect_reads_architecture_and_one_layer() -> None:
+    r = _cli("inspect", "smollm2-135m", "--layer", "-1", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert (info["layers"], info["dim"], info["heads"], info["kv_heads"], info["ffn_dim"]) == (30, 576, 9, 3, 1536)
+    names = {t["name"] for t in info["tensors"]}
+    assert "blk.29.attn_q.weight" in names and all(n.startswith("blk.29.") for n in names)
+    assert {t["dtype"] for t in info["tensors"]} >= {"Q4_1", "F32"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("inspect", "/does/not/exist"), "neither a catalog name"),
+    (("inspect", "smollm2-135m", "--layer", "30"), "out of range"),
+    (("train", "/does/not/exist.yaml"), "exist.yaml"),
+    (("train", "configs/image/fmnist_smollm2.yaml", "optim.lrr=1"), "optim.lr"),
+    (("bogus",), "unknown command"),
+])
+def test_bad_input_is_one_clear_line(args: tuple[str, ...], needle: str) -> None:
+    r = _cli(*args)
+    assert r.returncode == 2
+    assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_grid_and_summary(tmp_path: Path) -> None:
+    runs = grid({"variants": ["none", "frozen"], "positions": ["tail", "head"]}, seeds=[0, 1])
+    assert len(runs) == 8
+    assert runs[0]["overrides"] == ["model.lm.variant=none", "model.position=tail", "seed=0"]
+    assert len({r["name"] for r in runs}) == 8
+    rows = [{"group": {"variants": v}, "seed": s, "name": f"{v}{s}", "top1": acc}
+            for v, s, acc in [("none", 0, 80.0), ("none", 1, 82.0), ("frozen", 0, 81.0), ("frozen", 1, 81.0)]]
+    summ = {s["variants"]: s for s in summarize(rows, "top1")}
+    assert summ["none"]["mean"] == pytest.approx(81.0) and summ["none"]["std"] == pytest.approx(2 ** 0.5)
+    assert summ["frozen"]["std"] == 0.0
+    paths = write_outputs(tmp_path, rows, "top1", "t")
+    assert "| none | 2 | 81.00 ± 1.41 |" in paths["md"].read_text()
+    assert len(list(csv.reader(paths["csv"].open()))) == 5
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_ablation_end_to_end(tmp_path: Path) -> None:
+    over = ["data.subset_train=128", "data.subset_val=64", "batch_size=32", "epochs=1", "progress=false",
+            "eval_every=0"]
+    rows = run_ablation("configs/image/fmnist_smollm2.yaml", {"variants": ["none", "mlp"]}, [0], over, tmp_path)
+    assert [r["group"]["variants"] for r in rows] == ["none", "mlp"]
+    assert all(0.0 <= r["top1"] <= 100.0 for r in rows)
+    cfg = (tmp_path / "mlp_s0" / "config.yaml").read_text()
+    assert "variant: mlp" in cfg
+    # Finished runs are not trained again: an interrupted ablation resumes where it stopped.
+    mtime = (tmp_path / "none_s0" / "metrics.json").stat().st_mtime
+    run_ablation("configs/image/fmnist_smollm2.yaml", {"variants": ["none"]}, [0], over, tmp_path)
+    assert (tmp_path / "none_s0" / "metrics.json").stat().st_mtime == mtime
