@@ -1,0 +1,175 @@
+"""Datasets with foreground masks for the pseudo-mask evaluation.
+
+Both return ``(image, label, mask)``: image a float tensor (C, H, W) in [0, 1] (NOT normalised:
+the caller applies the model's mean/std), label an int, mask a uint8 tensor (H, W) with
+0 = background, 1 = foreground, 255 = ignore (see miou.IGNORE).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .miou import IGNORE
+
+IMAGE_EXTS = (".jpeg", ".jpg", ".png")
+
+
+# ----------------------------------------------------------------------------- ImageNet-S
+
+class ImageNetS(Dataset):
+    """ImageNet-S(50) validation layout::
+
+        root/validation/<wnid>/<name>.JPEG
+        root/validation-segmentation/<wnid>/<name>.png
+
+    Masks follow the ImageNet-S convention: an RGB PNG whose class id is R + 256 * G (a
+    single-channel PNG is read as the id directly); 0 = background, 1000 = "other"/ambiguous
+    region, which is ignored (neither foreground nor background), any other id = the object.
+    Images and masks are resized to ``img_size`` x ``img_size`` without cropping (bicubic for the
+    image, nearest for the mask) so that the token grid covers the whole annotation.
+    The label is the index of the wnid folder in sorted order.
+    """
+
+    IGNORE_ID = 1000
+
+    def __init__(self, root: str | os.PathLike, img_size: int = 224, in_chans: int = 3,
+                 split: str = "validation", limit: int | None = None) -> None:
+        self.root = Path(root)
+        img_dir, seg_dir = self.root / split, self.root / f"{split}-segmentation"
+        if not img_dir.is_dir() or not seg_dir.is_dir():
+            raise FileNotFoundError(f"ImageNet-S layout not found under {str(self.root)!r}: expected "
+                                    f"{split}/<wnid>/<image> and {split}-segmentation/<wnid>/<name>.png")
+        self.classes = sorted(d.name for d in img_dir.iterdir() if d.is_dir())
+        self.samples: list[tuple[Path, Path, int]] = []
+        for ci, wnid in enumerate(self.classes):
+            for p in sorted((img_dir / wnid).iterdir()):
+                m = seg_dir / wnid / (p.stem + ".png")
+                if p.suffix.lower() in IMAGE_EXTS and m.is_file():
+                    self.samples.append((p, m, ci))
+        if limit is not None:
+            self.samples = self.samples[: int(limit)]
+        if not self.samples:
+            raise FileNotFoundError(f"no image/mask pairs found under {str(self.root)!r}")
+        self.img_size, self.in_chans = int(img_size), int(in_chans)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @staticmethod
+    def decode_mask(arr: np.ndarray) -> np.ndarray:
+        """ImageNet-S PNG array -> uint8 mask (0 background, 1 object, 255 ignore)."""
+        ids = arr[..., 1].astype(np.int64) * 256 + arr[..., 0] if arr.ndim == 3 else arr.astype(np.int64)
+        out = (ids != 0).astype(np.uint8)
+        out[ids == ImageNetS.IGNORE_ID] = IGNORE
+        return out
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, Tensor]:
+        p, m, label = self.samples[i]
+        s = self.img_size
+        img = Image.open(p).convert("RGB" if self.in_chans == 3 else "L").resize((s, s), Image.BICUBIC)
+        x = torch.from_numpy(np.array(img, dtype=np.float32) / 255.0)
+        x = x.permute(2, 0, 1) if x.dim() == 3 else x.unsqueeze(0)
+        mask = Image.fromarray(self.decode_mask(np.array(Image.open(m)))).resize((s, s), Image.NEAREST)
+        return x, label, torch.from_numpy(np.array(mask))
+
+
+# ----------------------------------------------------------------------------- cluttered Fashion-MNIST
+
+def _resize(a: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(a.astype(np.float32))[None, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+class ClutteredFashionMNIST(Dataset):
+    """Fashion-MNIST items pasted at a random position and scale on a cluttered background.
+
+    Background = a random sinusoidal texture + Gaussian noise + ``n_distractors`` fragments
+    (random crops of about a third of other items, at lower contrast). The item is pasted
+    on top: every pixel where the resized item exceeds ``item_threshold`` takes the item's value,
+    and exactly those pixels form the mask. Item ``i`` is a pure function of (seed, i), so the
+    dataset is reproducible and needs no storage. ``img_size``/``in_chans`` match the model
+    (channels are copies of the grey image). The label is the item's Fashion-MNIST class.
+
+    source: (images uint8 (N, 28, 28), labels (N,)) to use instead of the Debian files.
+    """
+
+    def __init__(self, n: int = 1000, seed: int = 0, img_size: int = 56, in_chans: int = 1,
+                 train: bool = False, scale: tuple[float, float] = (0.45, 0.75), n_distractors: int = 3,
+                 item_threshold: float = 0.15, root: str | os.PathLike | None = None,
+                 source: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        if source is None:
+            from ..data.image import FASHION_MNIST_ROOT, FashionMNIST
+            fm = FashionMNIST(root or FASHION_MNIST_ROOT, train=train)
+            source = (fm.data.numpy(), fm.targets.numpy())
+        self.images = np.asarray(source[0], dtype=np.uint8)
+        self.labels = np.asarray(source[1], dtype=np.int64)
+        self.n, self.seed = int(n), int(seed)
+        self.img_size, self.in_chans = int(img_size), int(in_chans)
+        self.scale, self.n_distractors, self.item_threshold = scale, int(n_distractors), float(item_threshold)
+        self.classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+        self.num_classes = 10
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _background(self, rng: np.random.Generator) -> np.ndarray:
+        s = self.img_size
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+        theta = rng.uniform(0, np.pi)
+        freq = rng.uniform(2, 8)
+        phase = rng.uniform(0, 2 * np.pi)
+        tex = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase)
+        bg = rng.uniform(0.1, 0.35) * tex + rng.normal(0, rng.uniform(0.03, 0.12), (s, s))
+        for _ in range(self.n_distractors):
+            other = self.images[rng.integers(len(self.images))].astype(np.float32) / 255.0
+            c = int(rng.integers(7, 13))  # fragment: a crop of about a third of an item
+            y0, x0 = (int(v) for v in rng.integers(0, 28 - c, 2))
+            frag = _resize(other[y0:y0 + c, x0:x0 + c], max(2, int(c * s / 28 * rng.uniform(0.6, 1.0))))
+            fs = frag.shape[0]
+            py, px = (int(v) for v in rng.integers(0, s - fs + 1, 2))
+            region = bg[py:py + fs, px:px + fs]
+            bg[py:py + fs, px:px + fs] = np.maximum(region, rng.uniform(0.4, 0.7) * frag)
+        return np.clip(bg, 0.0, 1.0)
+
+    def sample(self, i: int) -> tuple[np.ndarray, int, np.ndarray, dict]:
+        """(image (H, W) float in [0, 1], label, mask (H, W) uint8, placement info) for item i."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, i])
+        k = int(rng.integers(len(self.images)))
+        s = self.img_size
+        bg = self._background(rng)
+        size = max(4, int(round(s * rng.uniform(*self.scale))))
+        item = _resize(self.images[k].astype(np.float32) / 255.0, size).clip(0, 1)
+        y, x = (int(v) for v in rng.integers(0, s - size + 1, 2))
+        item_mask = item > self.item_threshold
+        img = bg.copy()
+        mask = np.zeros((s, s), dtype=np.uint8)
+        img[y:y + size, x:x + size][item_mask] = item[item_mask]
+        mask[y:y + size, x:x + size] = item_mask
+        return img, int(self.labels[k]), mask, {"index": k, "y": y, "x": x, "size": size, "item": item}
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, Tensor]:
+        img, label, mask, _ = self.sample(i)
+        x = torch.from_numpy(img.astype(np.float32)).unsqueeze(0).repeat(self.in_chans, 1, 1)
+        return x, label, torch.from_numpy(mask)
+
+
+def build_analysis_dataset(name: str, img_size: int, in_chans: int, n: int, seed: int = 0,
+                           root: str | os.PathLike | None = None, train: bool = False) -> Dataset:
+    """`cluttered` (offline, exact masks) or `imagenet_s` (needs `root`)."""
+    if name == "cluttered":
+        return ClutteredFashionMNIST(n=n, seed=seed, img_size=img_size, in_chans=in_chans, train=train, root=root)
+    if name in ("imagenet_s", "imagenet-s", "imagenets"):
+        if root is None:
+            raise ValueError("data=imagenet_s needs root=<ImageNet-S50 folder>")
+        return ImageNetS(root, img_size=img_size, in_chans=in_chans, limit=n)
+    raise ValueError(f"unknown analysis dataset {name!r}; use cluttered or imagenet_s")
