@@ -1,0 +1,120 @@
+"""Figures and tables: per-image overlays, mIoU CSV/Markdown, a bar plot comparing models."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")  # files only; never open a window
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _np_image(image: Tensor | np.ndarray) -> np.ndarray:
+    a = image.detach().cpu().float().numpy() if isinstance(image, Tensor) else np.asarray(image, dtype=np.float32)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+    return np.clip(a, 0.0, 1.0)
+
+
+def save_overlay(path: str | os.PathLike, image: Tensor | np.ndarray,
+                 rows: Mapping[str, Mapping[str, Tensor | np.ndarray]],
+                 mask: Tensor | np.ndarray | None = None, title: str | None = None) -> Path:
+    """One PNG: a row per map kind (e.g. magnitude, frequency, attention), the image first and
+    then each stage's heat map (token grid upsampled to the image) over a dimmed copy of the image.
+
+    rows: {kind: {stage: (h, w) map in [0, 1]}}; mask: optional (H, W) ground truth drawn as a contour.
+    """
+    plt = _plt()
+    img = _np_image(image)
+    hw = img.shape[:2]
+    ncols = 1 + max((len(r) for r in rows.values()), default=0)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.8 * ncols, 1.9 * len(rows)), squeeze=False)
+    for r, (kind, maps) in enumerate(rows.items()):
+        ax = axes[r, 0]
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        if mask is not None:
+            m = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask)
+            ax.contour((m == 1).astype(float), levels=[0.5], colors="lime", linewidths=0.6)
+        ax.set_ylabel(kind, fontsize=7)
+        ax.set_title("image", fontsize=7)
+        for c, (stage, amap) in enumerate(maps.items(), start=1):
+            a = torch.as_tensor(np.asarray(amap.cpu() if isinstance(amap, Tensor) else amap), dtype=torch.float32)
+            up = torch.nn.functional.interpolate(a[None, None], size=hw, mode="nearest")[0, 0].numpy()
+            axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=1)
+            axes[r, c].imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[r, c].set_title(stage, fontsize=7)
+        for c in range(ncols):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if c > len(maps):
+                axes[r, c].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _columns(results: Mapping[str, Mapping[str, float]]) -> list[str]:
+    cols: list[str] = []
+    for r in results.values():
+        cols += [k for k in r if k not in cols]
+    return cols
+
+
+def write_table(results: Mapping[str, Mapping[str, float]], out_dir: str | os.PathLike,
+                stem: str = "miou") -> tuple[Path, Path]:
+    """results {model: {map name: mIoU}} -> out_dir/stem.csv (one row per model and map) and a
+    Markdown table (models as rows, maps as columns; '-' where a model lacks a stage)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "map", "miou"])
+        for model, r in results.items():
+            for k, v in r.items():
+                w.writerow([model, k, f"{v:.4f}"])
+    cols = _columns(results)
+    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for model, r in results.items():
+        lines.append(f"| {model} | " + " | ".join(f"{100 * r[c]:.1f}" if c in r else "-" for c in cols) + " |")
+    md_path.write_text("mIoU (%) of pseudo-masks, best threshold per image\n\n" + "\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def bar_plot(results: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
+             title: str = "pseudo-mask mIoU per stage") -> Path:
+    """Grouped bars: one group per map name, one bar per model."""
+    plt = _plt()
+    cols = _columns(results)
+    models: Sequence[str] = list(results)
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(1.0 + 1.1 * len(cols), 3.0))
+    x = np.arange(len(cols))
+    for i, m in enumerate(models):
+        vals = [100 * results[m].get(c, np.nan) for c in cols]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m)
+    ax.set_xticks(x)
+    ax.set_xticklabels(cols, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
