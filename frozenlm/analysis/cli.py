@@ -1,0 +1,136 @@
+"""`frozenlm analyze CHECKPOINT [CHECKPOINT ...] [data=cluttered|imagenet_s] [root=DIR] [out=DIR] [n=N]`.
+
+Rebuilds each model from its checkpoint's saved config, runs the pseudo-mask evaluation of
+method.md section 5 on the same images for every model, and writes under `out`:
+  <model>/overlay_XXX.png   image + per-stage magnitude / frequency maps + CLS attention
+  <model>/miou.csv, .md     that model's table
+  miou.csv, miou.md         all models;  miou_bar.png  when several checkpoints are given
+Other keys: seed=0 (dataset seed), figures=4 (overlays per model), batch=16, device=cpu.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .activation import activation_maps, attention_map
+from .datasets import build_analysis_dataset
+from .features import capture_features
+from .miou import MIoUAccumulator, mask_to_tokens
+from .report import bar_plot, save_overlay, write_table
+
+KIND_SHORT = {"magnitude": "mag", "frequency": "freq"}
+DEFAULTS: dict[str, Any] = {"data": "cluttered", "root": None, "out": "analysis", "n": 64, "seed": 0,
+                            "figures": 4, "batch": 16, "device": "cpu"}
+
+
+def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, Any, Path]:
+    """(model in eval mode with the checkpoint's weights, its config, the resolved step dir)."""
+    from ..config import make_config
+    from ..engine import checkpoint as ckpt
+    from ..engine.task import get_task
+
+    path = ckpt.resolve_checkpoint(checkpoint)
+    cfg = make_config(ckpt.read_meta(path)["config"], [])
+    model = get_task(cfg.task).build_model(cfg)
+    ckpt.load_checkpoint(path, model)
+    return model.to(device).eval(), cfg, path
+
+
+def _mean_std(cfg: Any, in_chans: int) -> tuple[Tensor, Tensor]:
+    # Same defaults as frozenlm.data.transforms: Fashion-MNIST stats for it, ImageNet's otherwise.
+    from ..data.transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    data = cfg.get("data") or {}
+    if data.get("mean") and data.get("std"):
+        mean, std = tuple(data["mean"]), tuple(data["std"])
+    elif data.get("name") == "fashion_mnist":
+        mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    else:
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        mean, std = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if in_chans == 3 else ((0.449,), (0.226,))
+    if len(mean) != in_chans:
+        mean, std = (mean[0],) * in_chans, (std[0],) * in_chans
+    return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+
+
+def _label(path: Path, taken: set[str]) -> str:
+    # step dir -> checkpoints -> run dir: the run's folder name identifies the model.
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    name, i = run.name or path.name, 2
+    base = name
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+@torch.no_grad()
+def analyze_model(model: nn.Module, cfg: Any, opts: dict[str, Any], out_dir: Path, label: str
+                  ) -> dict[str, float]:
+    """mIoU per stage (magnitude and frequency) and for the CLS attention; writes overlays."""
+    vit = model.vit
+    img_size = int(vit.patch_embed.img_size[0])
+    in_chans = int(vit.patch_embed.proj.in_channels)
+    ds = build_analysis_dataset(opts["data"], img_size, in_chans, int(opts["n"]), int(opts["seed"]), opts["root"])
+    mean, std = _mean_std(cfg, in_chans)
+    acc = MIoUAccumulator()
+    loader = torch.utils.data.DataLoader(ds, batch_size=int(opts["batch"]), shuffle=False, num_workers=0)
+    n_fig, done = int(opts["figures"]), 0
+    device = opts["device"]
+    for images, labels, masks in loader:
+        cap = capture_features(model, ((images - mean) / std).to(device))
+        gt, valid = mask_to_tokens(masks, cap.grid)
+        maps = {k: activation_maps(cap, k) for k in KIND_SHORT}
+        attn = attention_map(cap)
+        for kind, per_stage in maps.items():
+            for stage, a in per_stage.items():
+                acc.add(f"{stage}/{KIND_SHORT[kind]}", a.cpu(), gt, valid)
+        if attn is not None:
+            acc.add(f"attn_{cap.attention_source}", attn.cpu(), gt, valid)
+        for i in range(images.shape[0]):
+            if done >= n_fig:
+                break
+            rows: dict[str, dict[str, Tensor]] = {k: {s: a[i] for s, a in v.items()} for k, v in maps.items()}
+            if attn is not None:
+                rows[f"attention ({cap.attention_source})"] = {"CLS->patch": attn[i]}
+            pred = int(cap.output[i].argmax())
+            save_overlay(out_dir / label / f"overlay_{done:03d}.png", images[i], rows, masks[i],
+                         title=f"{label}  label={int(labels[i])}  pred={pred}")
+            done += 1
+    result = acc.result()
+    write_table({label: result}, out_dir / label)
+    return result
+
+
+def main_analyze(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, float]]:
+    """CLI entry: `CHECKPOINT [CHECKPOINT ...] [key=value ...]` -> {model label: {map: mIoU}}."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return {}
+    ckpts = [a for a in argv if "=" not in a]
+    opts = dict(DEFAULTS)
+    for a in argv:
+        if "=" in a:
+            k, v = a.split("=", 1)
+            if k not in DEFAULTS:
+                raise SystemExit(f"frozenlm analyze: unknown option {k!r}; known: {', '.join(DEFAULTS)}")
+            opts[k] = v
+    if not ckpts:
+        raise SystemExit("frozenlm analyze: give at least one checkpoint (step dir or run dir)")
+    out_dir = Path(opts["out"])
+    results: dict[str, dict[str, float]] = {}
+    taken: set[str] = set()
+    for c in ckpts:
+        model, cfg, path = load_model(c, opts["device"])
+        label = _label(path, taken)
+        results[label] = analyze_model(model, cfg, opts, out_dir, label)
+        print(f"{label}: " + " ".join(f"{k}={100 * v:.1f}" for k, v in results[label].items()))
+    write_table(results, out_dir)
+    if len(results) > 1:
+        bar_plot(results, out_dir / "miou_bar.png")
+    print(f"wrote {out_dir}/miou.csv, {out_dir}/miou.md" + (" and miou_bar.png" if len(results) > 1 else ""))
+    return results
