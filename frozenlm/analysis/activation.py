@@ -1,6 +1,7 @@
 """Magnitude and frequency activations of patch tokens, exactly as method.md section 5 defines them."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,18 +21,26 @@ def _batched(tokens: Tensor) -> tuple[Tensor, bool]:
     return tokens, False
 
 
-def minmax(a: Tensor, eps: float = 1e-12) -> Tensor:
-    """Min-max each row of (B, N) to [0, 1]; a constant row becomes all zeros (no division by zero)."""
+def minmax(a: Tensor, eps: float = 1e-12, scale: Tensor | float | None = None, rtol: float = 1e-5) -> Tensor:
+    """Min-max each row of (B, N) to [0, 1]; a constant row becomes all zeros (no division by zero).
+
+    A row whose spread is below ``rtol * scale`` (``scale``: the input's magnitude, broadcastable
+    to (B, 1)) also counts as constant: min-max would otherwise blow float round-off up to [0, 1].
+    """
     lo = a.min(-1, keepdim=True).values
     hi = a.max(-1, keepdim=True).values
     span = hi - lo
-    return torch.where(span > eps, (a - lo) / span.clamp_min(eps), torch.zeros_like(a))
+    tol = torch.full_like(span, eps)
+    if scale is not None:
+        tol = torch.maximum(tol, rtol * torch.as_tensor(scale, dtype=span.dtype, device=span.device))
+    return torch.where(span > tol, (a - lo) / span.clamp_min(eps), torch.zeros_like(a))
 
 
 def magnitude_activation(tokens: Tensor) -> Tensor:
     """Patch tokens (B, N, C) -> (B, N): ||z_i - mean_j z_j||_2, min-max to [0, 1] per image."""
     z, squeeze = _batched(tokens.float())
-    a = minmax((z - z.mean(1, keepdim=True)).norm(dim=-1))
+    scale = z.norm(dim=-1).amax(-1, keepdim=True)
+    a = minmax((z - z.mean(1, keepdim=True)).norm(dim=-1), scale=scale)
     return a[0] if squeeze else a
 
 
@@ -41,7 +50,8 @@ def frequency_activation(tokens: Tensor) -> Tensor:
     z, squeeze = _batched(tokens.float())
     # float64 FFT: the phase of near-zero bins is otherwise dominated by float32 round-off.
     phase = torch.angle(torch.fft.fft(z.double(), dim=-1))
-    a = minmax((phase - phase.mean(1, keepdim=True)).norm(dim=-1)).float()
+    # Phase differences live on the scale pi * sqrt(C); below rtol of that they are round-off.
+    a = minmax((phase - phase.mean(1, keepdim=True)).norm(dim=-1), scale=math.pi * math.sqrt(z.shape[-1])).float()
     return a[0] if squeeze else a
 
 
