@@ -175,3 +175,32 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
         train(_tiny_cfg(tmp_path, "data.root=/nonexistent/fmnist"))
     with pytest.raises(ValueError, match="variant"):
         LMLayer(8, variant="frozn")
+
+
+def test_imagenet_c_per_corruption_accuracy(tmp_path: Path) -> None:
+    from PIL import Image
+    from frozenlm.data import imagenet_wnids
+    from frozenlm.tasks.image import ImageClassification
+    wnids = imagenet_wnids()
+    for corr in ("fog", "snow"):
+        for w in (wnids[3], wnids[7]):
+            d = tmp_path / corr / "1" / w
+            d.mkdir(parents=True)
+            Image.new("RGB", (32, 32), (0, 0, 0)).save(d / "a.JPEG")
+    cfg = load_config("configs/image/imagenet_vit_s.yaml", ["data.name=imagenet_c", f"data.root={tmp_path}"])
+    task = ImageClassification()
+    ds = task.build_dataset(cfg, "val")
+    items = [ds[i] for i in range(len(ds))]
+    x = torch.stack([it[0] for it in items])
+    y = torch.tensor([it[1] for it in items])
+    part = torch.tensor([it[2] for it in items])
+    assert sorted(set(part.tolist())) == [0, 1] and set(y.tolist()) == {3, 7}
+
+    class AlwaysThree(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(x.shape[0], 1000)
+            out[:, 3] = 1.0
+            return out
+    m = task.finalize(task.eval_batch(AlwaysThree(), (x, y, part), cfg), cfg)
+    assert m["top1"] == pytest.approx(50.0)
+    assert m["imagenet_c/fog"] == pytest.approx(50.0) and m["imagenet_c/mean"] == pytest.approx(50.0)

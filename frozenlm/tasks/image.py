@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import bisect
+
+from torch.utils.data import Dataset
+
 from ..data import build_image_dataset, build_loss, build_mixup, get_num_classes, mask_logits
+from ..data.imagenet_variants import ImageNetCConcat, summarize_imagenet_c
 from ..engine.classification import classification_finalize, topk_sums
 from ..engine.task import Task, register_task
 from ..models import create_model
@@ -26,6 +31,20 @@ def model_kwargs(cfg: Any) -> dict[str, Any]:
     return m
 
 
+class PartTagged(Dataset):
+    """ImageNet-C items tagged with their (corruption, severity) part, for per-corruption accuracy."""
+
+    def __init__(self, ds: ImageNetCConcat) -> None:
+        self.ds, self.parts, self.num_classes, self.classes = ds, ds.parts, ds.num_classes, ds.classes
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int]:
+        x, y = self.ds[i]
+        return x, y, bisect.bisect_right(self.ds.cumulative_sizes, i)
+
+
 @register_task("image")
 class ImageClassification(Task):
     """ViT(+LMLayer) classifier; top-1/top-5, 200-class logit masking for ImageNet-A/R."""
@@ -34,10 +53,11 @@ class ImageClassification(Task):
         self._mixup: Any = None
         self._loss: nn.Module | None = None
         self._class_indices: Tensor | None = None
+        self._c_parts: list[tuple[str, int]] | None = None
 
     def build_model(self, cfg: Any) -> nn.Module:
         # The task object is shared across runs in one process (ablations): drop per-run state.
-        self._mixup, self._loss, self._class_indices = None, None, None
+        self._mixup, self._loss, self._class_indices, self._c_parts = None, None, None, None
         return create_model(cfg.model.name, **model_kwargs(cfg))
 
     def build_dataset(self, cfg: Any, split: str) -> Any:
@@ -50,6 +70,9 @@ class ImageClassification(Task):
         elif n_model is not None and n_data > int(n_model):
             raise ValueError(f"data {cfg.data.name!r} ({split}) has {n_data} classes but the model head has "
                              f"{n_model}; set model.num_classes / data.num_classes to match")
+        if isinstance(ds, ImageNetCConcat):
+            self._c_parts = ds.parts
+            return PartTagged(ds)
         return ds
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
@@ -63,11 +86,22 @@ class ImageClassification(Task):
         return self._loss(model(x).float(), y)
 
     def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, Tensor]:
-        x, y = batch
+        x, y, *part = batch
         logits = model(x).float()
         if self._class_indices is not None:
             logits = mask_logits(logits, self._class_indices.to(logits.device))
-        return topk_sums(logits, y, ks=(1, 5), loss=F.cross_entropy(logits, y, reduction="none"))
+        sums = topk_sums(logits, y, ks=(1, 5), loss=F.cross_entropy(logits, y, reduction="none"))
+        if part and self._c_parts is not None:
+            n = len(self._c_parts)
+            hit = (logits.argmax(-1) == y).double()
+            sums["c_correct"] = torch.zeros(n, dtype=torch.float64, device=y.device).index_add_(0, part[0], hit)
+            sums["c_count"] = torch.bincount(part[0], minlength=n).double()
+        return sums
 
     def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
-        return classification_finalize(sums)
+        out = classification_finalize({k: v for k, v in sums.items() if not k.startswith("c_")})
+        if "c_correct" in sums and self._c_parts is not None:
+            acc = {p: 100.0 * float(c) / float(n) for p, c, n in zip(self._c_parts, sums["c_correct"], sums["c_count"])
+                   if float(n) > 0}
+            out.update({f"imagenet_c/{k}": v for k, v in summarize_imagenet_c(acc).items()})
+        return out
