@@ -108,6 +108,10 @@ def test_best_threshold_selection() -> None:
     assert r["w"] == pytest.approx((0.25 + 0.0) / 2)
     assert acc.mean_threshold()["s"] == pytest.approx(0.5)
     assert miou(torch.stack([act]), torch.stack([gt])) == 1.0
+    # An image without foreground tokens is skipped (its IoU would be 0 for every map).
+    acc.add("s", act[None], torch.zeros(1, 2, 2, dtype=torch.bool))
+    assert acc.result()["s"] == pytest.approx(1.0) and acc.skipped["s"] == 1
+    assert miou(act[None], torch.zeros(1, 2, 2, dtype=torch.bool)) == 0.0
 
 
 def test_mask_to_tokens_pooling_and_ignore() -> None:
@@ -250,7 +254,7 @@ def test_report_files(tmp_path: Path) -> None:
     rows_csv = list(csv.reader(c.open()))
     assert rows_csv[0] == ["model", "map", "miou"] and ["lm", "F_L2/mag", "0.5000"] in rows_csv
     md = m.read_text()
-    assert "| base | 25.0 | - |" in md and "| lm | 30.0 | 50.0 |" in md
+    assert "| model | F_E/mag | F_L2/mag |" in md and "| base | 25.0 | - |" in md and "| lm | 30.0 | 50.0 |" in md
     assert bar_plot(res, tmp_path / "bar.png").stat().st_size > 1000
 
 
@@ -261,12 +265,12 @@ def test_analyze_cli_on_trained_checkpoints(tmp_path: Path) -> None:
 
     runs = []
     for name, cfgfile in (("base", "configs/image/fmnist_baseline.yaml"), ("lm", "configs/image/fmnist_smollm2.yaml")):
-        cfg = load_config(cfgfile, ["max_steps=2", "data.subset_train=64", "data.subset_val=32", "batch_size=16",
+        cfg = load_config(cfgfile, ["model.name=vit_mini_patch7_28", "max_steps=2", "data.subset_train=64", "data.subset_val=32", "batch_size=16",
                                     "num_workers=0", "progress=false", "precision=fp32", f"run_dir={tmp_path / name}"])
         train(cfg)
         runs.append(str(tmp_path / name))
     out = tmp_path / "out"
-    res = main_analyze([*runs, "data=cluttered", f"out={out}", "n=6", "figures=2", "batch=4"])
+    res = main_analyze([*runs, "data=cluttered", f"out={out}", "n=6", "figures=2", "batch=4", "seed=1"])
     assert set(res) == {"base", "lm"}
     assert set(res["base"]) == {"F_E/mag", "F_E/freq", "attn_vit"}
     assert {f"{s}/{k}" for s in STAGES for k in ("mag", "freq")} | {"attn_lm"} == set(res["lm"])

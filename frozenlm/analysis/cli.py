@@ -101,6 +101,10 @@ def analyze_model(model: nn.Module, cfg: Any, opts: dict[str, Any], out_dir: Pat
                          title=f"{label}  label={int(labels[i])}  pred={pred}")
             done += 1
     result = acc.result()
+    skipped = max(acc.skipped.values(), default=0)
+    if skipped:
+        print(f"{label}: {skipped} of {len(ds)} images have no foreground token at the {cap.grid} grid "
+              f"and are left out of the mIoU")
     write_table({label: result}, out_dir / label)
     return result
 

@@ -54,16 +54,27 @@ def best_iou(act: Tensor, gt: Tensor, valid: Tensor | None = None,
 
 
 class MIoUAccumulator:
-    """Collects the per-image best IoU for each named map (stage, attention) and averages them."""
+    """Collects the per-image best IoU for each named map (stage, attention) and averages them.
 
-    def __init__(self, thresholds: tuple[float, ...] = THRESHOLDS) -> None:
+    skip_empty: leave out images with no foreground token. A min-max map always has a token at
+    1.0, so its pseudo-mask is never empty and such an image would score 0 for every map; it
+    measures the token grid's coarseness, not the features. `skipped` counts them.
+    """
+
+    def __init__(self, thresholds: tuple[float, ...] = THRESHOLDS, skip_empty: bool = True) -> None:
         self.thresholds = thresholds
+        self.skip_empty = skip_empty
         self.ious: dict[str, list[float]] = defaultdict(list)
         self.best_t: dict[str, list[float]] = defaultdict(list)
+        self.skipped: dict[str, int] = defaultdict(int)
 
     def add(self, name: str, acts: Tensor, gts: Tensor, valid: Tensor | None = None) -> None:
         """acts (B, h, w) in [0, 1]; gts/valid (B, h, w) bool."""
         for i in range(acts.shape[0]):
+            g = gts[i] if valid is None else gts[i] & valid[i].bool()
+            if self.skip_empty and not bool(g.any()):
+                self.skipped[name] += 1
+                continue
             v, t = best_iou(acts[i], gts[i], None if valid is None else valid[i], self.thresholds)
             self.ious[name].append(v)
             self.best_t[name].append(t)
@@ -80,6 +91,6 @@ class MIoUAccumulator:
 def miou(acts: Tensor, gts: Tensor, valid: Tensor | None = None,
          thresholds: tuple[float, ...] = THRESHOLDS) -> float:
     """Mean over images of the best-threshold IoU."""
-    acc = MIoUAccumulator(thresholds)
+    acc = MIoUAccumulator(thresholds, skip_empty=False)
     acc.add("x", acts, gts, valid)
     return acc.result()["x"]

@@ -67,11 +67,19 @@ def save_overlay(path: str | os.PathLike, image: Tensor | np.ndarray,
     return path
 
 
+def _column_key(name: str) -> tuple[int, int]:
+    # Magnitude stages in pipeline order, then frequency, then attention; unknown names last.
+    from .features import STAGES
+    stage, _, kind = name.partition("/")
+    group = {"mag": 0, "freq": 1}.get(kind, 2 if name.startswith("attn") else 3)
+    return group, STAGES.index(stage) if stage in STAGES else len(STAGES)
+
+
 def _columns(results: Mapping[str, Mapping[str, float]]) -> list[str]:
     cols: list[str] = []
     for r in results.values():
         cols += [k for k in r if k not in cols]
-    return cols
+    return sorted(cols, key=_column_key)  # stable: unknown names keep their order
 
 
 def write_table(results: Mapping[str, Mapping[str, float]], out_dir: str | os.PathLike,
@@ -102,7 +110,7 @@ def bar_plot(results: Mapping[str, Mapping[str, float]], path: str | os.PathLike
     cols = _columns(results)
     models: Sequence[str] = list(results)
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(1.0 + 1.1 * len(cols), 3.0))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(cols)), 3.2))
     x = np.arange(len(cols))
     for i, m in enumerate(models):
         vals = [100 * results[m].get(c, np.nan) for c in cols]
