@@ -116,6 +116,16 @@ def check_exists(path: Path, what: str) -> None:
         raise CheckpointError(f"{what} not found: {path}")
 
 
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file that must exist, naming it in every error."""
+    import json
+    check_exists(path, what)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
 def safe_torch_load(path: Path) -> dict[str, Tensor]:
     """Memory-mapped, weights-only torch.load with readable errors (never unrestricted pickle)."""
     import pickle

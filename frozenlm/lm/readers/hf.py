@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..config import BlockConfig
-from .base import CheckpointError, Reader, check_exists, safe_torch_load
+from .base import CheckpointError, Reader, check_exists, read_json, safe_torch_load
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "smollm3")
 SUPPORTED = LLAMA_LIKE + ("opt", "gpt2", "bert")
@@ -195,12 +195,7 @@ class HFReader(Reader):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         cfg_file = self.path / "config.json"
-        check_exists(cfg_file, "config.json of a Hugging Face model directory")
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
-        self.config = config_from_hf(raw, cfg_file)
+        self.config = config_from_hf(read_json(cfg_file, "config.json of a Hugging Face model directory"), cfg_file)
         self.files = _index(self.path)
         self.format = "hf-safetensors" if isinstance(self.files, _SafetensorsFiles) else "hf-pytorch-bin"
         family = self.config.family

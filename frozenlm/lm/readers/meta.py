@@ -1,14 +1,13 @@
 """Meta LLaMA directories: params.json + consolidated.NN.pth (model-parallel shards)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..config import BlockConfig
-from .base import CheckpointError, Reader, check_exists, safe_torch_load, unpermute_rotary
+from .base import CheckpointError, Reader, read_json, safe_torch_load, unpermute_rotary
 
 KEYS = {
     "attn.q.weight": "attention.wq.weight", "attn.k.weight": "attention.wk.weight",
@@ -35,11 +34,7 @@ class MetaReader(Reader):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         pj = self.path / "params.json"
-        check_exists(pj, "params.json of a Meta LLaMA directory")
-        try:
-            p = json.loads(pj.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{pj} is not valid JSON: {e}") from None
+        p = read_json(pj, "params.json of a Meta LLaMA directory")
         self.shards = sorted(self.path.glob("consolidated.*.pth"))
         if not self.shards:
             raise CheckpointError(f"{self.path}: no consolidated.*.pth files next to params.json")
