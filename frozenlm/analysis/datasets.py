@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,3 +174,59 @@ def build_analysis_dataset(name: str, img_size: int, in_chans: int, n: int, seed
             raise ValueError("data=imagenet_s needs root=<ImageNet-S50 folder>")
         return ImageNetS(root, img_size=img_size, in_chans=in_chans, limit=n)
     raise ValueError(f"unknown analysis dataset {name!r}; use cluttered or imagenet_s")
+
+
+# ----------------------------------------------------------------------------- training on it
+
+class NormalizedClassification(Dataset):
+    """(image, label, mask) dataset -> (normalised image, label) for the classification engine."""
+
+    def __init__(self, ds: Dataset, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.ds = ds
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.classes = list(getattr(ds, "classes", []))
+        self.num_classes = int(getattr(ds, "num_classes", len(self.classes)))
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        x, y, _ = self.ds[i]
+        return (x - self.mean) / self.std, y
+
+
+def cluttered_classification_dataset(cfg_data: dict, split: str) -> NormalizedClassification:
+    """The cluttered dataset for training/evaluating a classifier (task ``image_cluttered``).
+
+    Train items come from Fashion-MNIST's train split and val items from its test split, with
+    different seeds; ``frozenlm analyze`` uses the test split too, but seed ``cluttered_seed`` of
+    analysis defaults to 0 while val uses ``cluttered_seed + 1``. Keys of ``data:``: img_size,
+    in_chans, subset_train/subset_val (sizes; defaults 60000/10000), cluttered_seed (0), root.
+    """
+    from ..data.transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    train = split == "train"
+    in_chans = int(cfg_data.get("in_chans") or 1)
+    n = cfg_data.get("subset_train" if train else "subset_val") or (60000 if train else 10000)
+    seed = int(cfg_data.get("cluttered_seed") or 0) + (1000 if train else 1)
+    ds = ClutteredFashionMNIST(n=int(n), seed=seed, img_size=int(cfg_data.get("img_size") or 28),
+                               in_chans=in_chans, train=train, root=cfg_data.get("root"))
+    mean = tuple(cfg_data.get("mean") or FASHION_MNIST_MEAN * in_chans)
+    std = tuple(cfg_data.get("std") or FASHION_MNIST_STD * in_chans)
+    return NormalizedClassification(ds, mean, std)
+
+
+def register_cluttered_task() -> None:
+    """Register task ``image_cluttered``: the image task trained on the cluttered dataset."""
+    from ..engine.task import register_task
+    from ..tasks.image import ImageClassification
+
+    @register_task("image_cluttered")
+    class ClutteredImageClassification(ImageClassification):
+        """ViT(+LMLayer) classifying the pasted Fashion-MNIST item of a cluttered image."""
+
+        def build_dataset(self, cfg: Any, split: str) -> Any:
+            return cluttered_classification_dataset(dict(cfg.data), split)
+
+
+register_cluttered_task()
