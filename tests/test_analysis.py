@@ -278,3 +278,15 @@ def test_analyze_cli_on_trained_checkpoints(tmp_path: Path) -> None:
     for f in ("miou.csv", "miou.md", "miou_bar.png", "base/overlay_000.png", "lm/overlay_001.png", "lm/miou.md"):
         assert (out / f).is_file(), f
     assert not (out / "lm" / "overlay_002.png").exists()
+
+
+def test_image_cluttered_task_dataset() -> None:
+    from frozenlm.analysis.datasets import cluttered_classification_dataset
+    from frozenlm.engine.task import get_task
+
+    assert get_task("image_cluttered") is not None
+    ds = cluttered_classification_dataset({"img_size": 28, "in_chans": 1, "subset_val": 3}, "val")
+    x, y = ds[0]
+    raw, y2, _ = ds.ds[0]
+    assert len(ds) == 3 and x.shape == (1, 28, 28) and y == y2 and ds.num_classes == 10
+    assert torch.allclose(x * ds.std + ds.mean, raw, atol=1e-6)
