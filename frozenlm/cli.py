@@ -1,4 +1,4 @@
-"""`frozenlm train|eval|ablate|inspect|sources|models ...` — the command-line front end."""
+"""`frozenlm train|eval|ablate|analyze|inspect|sources|models ...` — the command-line front end."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,7 @@ COMMANDS = {
     "train": "train CONFIG [key=value ...]",
     "eval": "eval CHECKPOINT [key=value ...]",
     "ablate": "ablate CONFIG --variants none,frozen,mlp,random --seeds 3 [key=value ...]",
+    "analyze": "analyze CHECKPOINT [CHECKPOINT ...] [data=cluttered|imagenet_s] [root=DIR] [out=DIR] [n=64]",
     "inspect": "inspect SOURCE [--layer N] [--json]",
     "sources": "sources",
     "models": "models",
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif cmd == "ablate":
             from .ablate import main_ablate
             main_ablate(rest)
+        elif cmd == "analyze":
+            from .analysis.cli import main_analyze
+            main_analyze(rest)
         elif cmd == "inspect":
             _inspect(rest)
         elif cmd == "sources":
