@@ -413,6 +413,9 @@ def main_train(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """``CONFIG [key=value ...]`` -> :func:`train`; exits the process at once under torchrun."""
     args = _parse(argv, "train")
     metrics = train(load_config(args.path, args.overrides))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("final " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
+              flush=True)
     _exit_if_distributed()
     return metrics
 
