@@ -265,7 +265,7 @@ def test_analyze_cli_on_trained_checkpoints(tmp_path: Path) -> None:
 
     runs = []
     for name, cfgfile in (("base", "configs/image/fmnist_baseline.yaml"), ("lm", "configs/image/fmnist_smollm2.yaml")):
-        # Trained on the cluttered data through the image_cluttered task (registered by frozenlm.analysis).
+        # Trained on the cluttered data through the image_cluttered task (frozenlm/tasks/image_cluttered.py).
         cfg = load_config(cfgfile, ["task=image_cluttered", "model.name=vit_mini_patch7_28", "max_steps=2",
                                     "data.subset_train=64", "data.subset_val=32", "batch_size=16", "num_workers=0",
                                     "progress=false", "precision=fp32", f"run_dir={tmp_path / name}"])

@@ -2,7 +2,6 @@
 attention maps, pseudo-mask mIoU, datasets with masks, figures and tables."""
 from __future__ import annotations
 
-from . import datasets  # noqa: F401  (registers task "image_cluttered")
 from .activation import activation_maps, frequency_activation, magnitude_activation, minmax
 from .features import STAGES, Capture, capture_features
 from .miou import THRESHOLDS, MIoUAccumulator, best_iou, iou, mask_to_tokens

@@ -214,19 +214,3 @@ def cluttered_classification_dataset(cfg_data: dict, split: str) -> NormalizedCl
     mean = tuple(cfg_data.get("mean") or FASHION_MNIST_MEAN * in_chans)
     std = tuple(cfg_data.get("std") or FASHION_MNIST_STD * in_chans)
     return NormalizedClassification(ds, mean, std)
-
-
-def register_cluttered_task() -> None:
-    """Register task ``image_cluttered``: the image task trained on the cluttered dataset."""
-    from ..engine.task import register_task
-    from ..tasks.image import ImageClassification
-
-    @register_task("image_cluttered")
-    class ClutteredImageClassification(ImageClassification):
-        """ViT(+LMLayer) classifying the pasted Fashion-MNIST item of a cluttered image."""
-
-        def build_dataset(self, cfg: Any, split: str) -> Any:
-            return cluttered_classification_dataset(dict(cfg.data), split)
-
-
-register_cluttered_task()
