@@ -8,9 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .lm.block import RMSNorm, init_random_
-from .lm.load import LayerSpec, load_blocks, open_source, tensor_digest
-from .lm.readers import parse_layers
-from .lm.catalog import split_source_spec
+from .lm.load import LayerSpec, load_blocks, resolve_layers, tensor_digest
 from .lm.stack import BlockStack
 
 VARIANTS = ("none", "frozen", "finetune", "random", "mlp")
@@ -57,10 +55,8 @@ class LMLayer(nn.Module):
             blocks = load_blocks(source, layers, dtype=frozen_dtype if variant == "frozen" else None,
                                  mask=mask, rope=rope, freeze=variant == "frozen")
         elif blocks is None:
-            src, suffix = split_source_spec(self.source)
-            cfg = open_source(src).config  # architecture only; no weights are read
-            idx = parse_layers(suffix if suffix is not None else layers, cfg.n_layers)
-            blocks = BlockStack(cfg, len(idx), mask=mask, rope=rope, layer_indices=idx)
+            reader, idx = resolve_layers(source, layers)  # architecture only; no weights are read
+            blocks = BlockStack(reader.config, len(idx), mask=mask, rope=rope, layer_indices=idx)
             init_random_(blocks)
         self.layer_indices = list(blocks.layer_indices)
         d_lm = blocks.dim
@@ -167,11 +163,5 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"trainable": tr, "frozen": fr, "total": tr + fr}
 
 
-def build_lm_layer(in_dim: int, cfg: dict[str, Any] | None, **defaults: Any) -> LMLayer:
-    """LMLayer from a config section like {variant, source, layers, residual, frozen_dtype, init}."""
-    kw: dict[str, Any] = {**defaults, **(cfg or {})}
-    return LMLayer(in_dim, **kw)
-
-
-__all__: Sequence[str] = ["LMLayer", "VARIANTS", "build_lm_layer", "count_parameters", "frozen_param_names",
+__all__: Sequence[str] = ["LMLayer", "VARIANTS", "count_parameters", "frozen_param_names",
                           "frozen_sources", "lm_layers", "trainable_parameters"]

@@ -14,7 +14,6 @@ is read with ``weights_only=True`` (no arbitrary unpickling).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,9 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from frozenlm.layer import frozen_param_names
+from frozenlm.layer import frozen_sources as layer_frozen_sources
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_train_state", "read_meta",
            "resolve_checkpoint", "latest_checkpoint", "cleanup_tmp", "frozen_param_names", "frozen_sources",
@@ -37,22 +39,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or does not match the model."""
 
 
-def frozen_param_names(model: nn.Module) -> set[str]:
-    """State-dict keys of frozen LM blocks (delegates to ``frozenlm.layer``; empty if that is absent)."""
-    if importlib.util.find_spec("frozenlm.layer") is None:
-        return set()
-    from frozenlm.layer import frozen_param_names as fn
-
-    return set(fn(model))
-
-
 def frozen_sources(model: nn.Module) -> dict[str, dict]:
-    """``{module path: {"source", "layers", "digest"}}`` of frozen LM blocks (via ``frozenlm.layer``)."""
-    if importlib.util.find_spec("frozenlm.layer") is None:
-        return {}
-    from frozenlm.layer import frozen_sources as fn
-
-    return _jsonable(fn(model))
+    """``frozenlm.layer.frozen_sources`` in the JSON form stored in ``meta.json``."""
+    return _jsonable(layer_frozen_sources(model))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -21,10 +21,17 @@ def open_source(source: str | Path) -> Reader:
     return open_reader(resolve_source(source))
 
 
+def resolve_layers(source: str | Path, layers: LayerSpec = (-1,)) -> tuple[Reader, list[int]]:
+    """Reader for `source` (which may carry a `:LAYERS` suffix) and the absolute layer indices;
+    a suffix wins over `layers`. No weights are read."""
+    src, suffix = split_source_spec(str(source))
+    reader = open_source(src)
+    return reader, parse_layers(suffix if suffix is not None else layers, reader.config.n_layers)
+
+
 def source_config(source: str | Path) -> BlockConfig:
     """Architecture of a source without reading any weights."""
-    src, _ = split_source_spec(str(source))
-    return open_source(src).config
+    return open_source(split_source_spec(str(source))[0]).config
 
 
 def load_blocks(source: str | Path, layers: LayerSpec = (-1,), dtype: torch.dtype | None = None,
@@ -38,9 +45,7 @@ def load_blocks(source: str | Path, layers: LayerSpec = (-1,), dtype: torch.dtyp
     dtype:  storage dtype (default: float32; bf16 halves memory).
     freeze: set requires_grad False on every parameter.
     """
-    src, suffix = split_source_spec(str(source))
-    reader = open_source(src)
-    idx = parse_layers(suffix if suffix is not None else layers, reader.config.n_layers)
+    reader, idx = resolve_layers(source, layers)
     # Built on the meta device: no memory is allocated (or randomly initialised) for weights that
     # are about to be replaced, so peak memory stays ~1 copy of the layers being read.
     with torch.device("meta"):
@@ -50,7 +55,6 @@ def load_blocks(source: str | Path, layers: LayerSpec = (-1,), dtype: torch.dtyp
         tensors = {k: _owned(t) for k, t in reader.read_layer(i).items()}
         blk.load_state_dict(tensors, strict=True, assign=True)
     stack.to(dtype or torch.float32)
-    stack.source = str(src)
     if freeze:
         stack.requires_grad_(False)
     return stack
