@@ -409,13 +409,18 @@ def _exit_if_distributed() -> None:
         os._exit(0)
 
 
+def _print_metrics(prefix: str, metrics: Mapping[str, Any]) -> None:
+    """One `key=value` line on rank 0 (what the CLI shows at the end of train/eval)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(prefix + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
+              flush=True)
+
+
 def main_train(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """``CONFIG [key=value ...]`` -> :func:`train`; exits the process at once under torchrun."""
     args = _parse(argv, "train")
     metrics = train(load_config(args.path, args.overrides))
-    if int(os.environ.get("RANK", "0")) == 0:
-        print("final " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
-              flush=True)
+    _print_metrics("final ", metrics)
     _exit_if_distributed()
     return metrics
 
@@ -424,8 +429,7 @@ def main_eval(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """``CHECKPOINT [key=value ...]`` -> :func:`evaluate`, printing the metrics on rank 0."""
     args = _parse(argv, "eval")
     metrics = evaluate(args.path, args.overrides)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    _print_metrics("", metrics)
     _exit_if_distributed()
     return metrics
 
