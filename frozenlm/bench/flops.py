@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from ..lm.config import BlockConfig
 
 
@@ -51,3 +53,23 @@ def sandwich_flops(in_dim: int, cfg: BlockConfig, n_tokens: int, batch: int = 1,
     # F_L1's input gradient is only needed when something trainable sits below it; count it (a
     # visual encoder always does), so the adapters cost 3x their forward.
     return 3 * adapters + n_blocks * blk.train(frozen)
+
+
+def vit_flops(vit: nn.Module, batch: int = 1, train: bool = False) -> float:
+    """Matmul FLOPs of a timm VisionTransformer (patch embedding, blocks, head) on `batch` images.
+
+    Training counts 3x the forward everywhere (all weights trained) except the patch embedding,
+    whose input (the image) needs no gradient: 2x.
+    """
+    pe = vit.patch_embed
+    n = pe.num_patches + getattr(vit, "num_prefix_tokens", 1)
+    conv = pe.proj
+    patch = 2 * pe.num_patches * conv.in_channels * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    blocks = 0.0
+    for blk in vit.blocks:
+        d = blk.attn.qkv.in_features
+        hidden = blk.mlp.fc1.out_features
+        blocks += 2 * n * d * 4 * d + 4 * n * n * d + 2 * n * d * hidden * 2
+    head = 2 * vit.head.in_features * vit.head.out_features if hasattr(vit.head, "in_features") else 0
+    fwd_rest = blocks + head
+    return float(batch * ((2 if train else 1) * patch + (3 if train else 1) * fwd_rest))
