@@ -146,8 +146,11 @@ def main_bench(argv: Sequence[str]) -> None:
     p.add_argument("--layer", type=int, default=31, help="layer read by --load")
     p.add_argument("--tmp", default=None, help="where synthetic checkpoints are written (needs ~14 GB)")
     p.add_argument("--ckpt", action="store_true", help="measure the size of a trained-model checkpoint")
+    p.add_argument("--matmul-n", type=int, default=4096, help="size of the square matmul timed as the peak")
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
     a = p.parse_args(argv)
+    from .worker import lm_config
+    lm_config(a.lm)  # a bad --lm fails here, in one line, before any worker starts
     a.precision = resolve_precision(a.precision, torch.device(a.device))
     env = {"device": torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or "cpu",
            "torch": torch.__version__, "threads": a.threads or torch.get_num_threads(),
@@ -156,7 +159,7 @@ def main_bench(argv: Sequence[str]) -> None:
     peak = 0.0
     if not a.no_step:
         mm = run_worker({"kind": "matmul", "device": a.device, "threads": a.threads,
-                         "dtype": "bfloat16" if a.precision == "bf16" else "float32"})
+                         "dtype": "bfloat16" if a.precision == "bf16" else "float32", "n": a.matmul_n})
         peak = mm.get("tflops_per_s", 0.0)
         result["matmul_peak"] = mm
         print(f"measured {mm.get('dtype')} matmul peak: {peak:.3f} TFLOP/s on {env['device']}")

@@ -1,6 +1,7 @@
 """Checkpoint readers: `open_reader(path)` picks the right one from what the path holds."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .base import CheckpointError, Reader, parse_layers, unpermute_rotary
@@ -19,7 +20,8 @@ def open_reader(path: str | Path) -> Reader:
         raise CheckpointError(f"checkpoint path does not exist: {p}")
     if p.is_file():
         if p.suffix == ".gguf":
-            return GGUFReader(p)
+            st = p.stat()
+            return _gguf_reader(p.resolve(), st.st_mtime_ns, st.st_size)
         if p.name in ("config.json", "params.json") or p.suffix in (".safetensors", ".bin", ".pth"):
             return open_reader(p.parent)
         raise CheckpointError(f"{p}: unknown checkpoint file type; give a .gguf file or a model directory")
@@ -29,6 +31,13 @@ def open_reader(path: str | Path) -> Reader:
         return HFReader(p)
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:
-        return GGUFReader(ggufs[0])
+        return open_reader(ggufs[0])
     raise CheckpointError(f"{p}: not a recognised checkpoint directory; expected params.json + consolidated.*.pth "
                           f"(Meta), config.json + weights (Hugging Face), or one .gguf file")
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_reader(path: Path, mtime_ns: int, size: int) -> GGUFReader:
+    # Parsing a GGUF header walks every metadata field (SmolLM2's 49k-token vocabulary takes
+    # seconds); readers are read-only, so one per unchanged file is shared.
+    return GGUFReader(path)
