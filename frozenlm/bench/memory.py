@@ -19,7 +19,17 @@ def rss_bytes() -> int:
 
 
 def max_rss_bytes() -> int:
-    """Peak RSS of this process since it started (kernel's high-water mark)."""
+    """Peak RSS of this process image (the kernel's high-water mark, VmHWM).
+
+    Not ru_maxrss: that survives fork+exec, so a worker would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
