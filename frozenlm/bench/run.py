@@ -23,6 +23,19 @@ from ..engine.precision import cpu_has_bf16, resolve_precision
 GiB, MiB = 1024 ** 3, 1024 ** 2
 
 
+def device_name(device: str) -> str:
+    """GPU name, or the CPU model name from /proc/cpuinfo."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; errors come back as {'error': message}."""
     with tempfile.TemporaryDirectory() as d:
@@ -152,7 +165,7 @@ def main_bench(argv: Sequence[str]) -> None:
     from .worker import lm_config
     lm_config(a.lm)  # a bad --lm fails here, in one line, before any worker starts
     a.precision = resolve_precision(a.precision, torch.device(a.device))
-    env = {"device": torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or "cpu",
+    env = {"device": device_name(a.device),
            "torch": torch.__version__, "threads": a.threads or torch.get_num_threads(),
            "cpu_native_bf16": cpu_has_bf16(), "precision": a.precision, "cpu_count": os.cpu_count()}
     result: dict[str, Any] = {"env": env, "args": vars(a)}
