@@ -84,7 +84,9 @@ class MetaReader(Reader):
             except KeyError:
                 raise CheckpointError(f"{self.path}: shard lacks {key!r}; the shards do not belong together") from None
             if parts[0].ndim == 1 or len(parts) == 1:
-                w = parts[0].clone()  # norms are replicated across shards
+                # Norms are replicated across shards. No copy: the mapping is private (copy-on-write),
+                # and a copy here would hold the layer twice while it is converted to its dtype.
+                w = parts[0]
             else:
                 w = torch.cat(parts, dim=1 if canon in ROW_PARALLEL else 0)
             if canon in ("attn.q.weight", "attn.k.weight"):
