@@ -200,10 +200,11 @@ def _source(n: int = 20) -> tuple[np.ndarray, np.ndarray]:
     return imgs, np.arange(n) % 10
 
 
-def test_cluttered_deterministic_and_mask_matches_item() -> None:
-    a = ClutteredFashionMNIST(n=6, seed=3, img_size=40, in_chans=3, source=_source())
-    b = ClutteredFashionMNIST(n=6, seed=3, img_size=40, in_chans=3, source=_source())
-    c = ClutteredFashionMNIST(n=6, seed=4, img_size=40, in_chans=3, source=_source())
+@pytest.mark.parametrize("clutter", ["standard", "matched"])
+def test_cluttered_deterministic_and_mask_matches_item(clutter: str) -> None:
+    a = ClutteredFashionMNIST(n=6, seed=3, img_size=40, in_chans=3, source=_source(), clutter=clutter)
+    b = ClutteredFashionMNIST(n=6, seed=3, img_size=40, in_chans=3, source=_source(), clutter=clutter)
+    c = ClutteredFashionMNIST(n=6, seed=4, img_size=40, in_chans=3, source=_source(), clutter=clutter)
     for i in range(6):
         xa, ya, ma = a[i]
         xb, yb, mb = b[i]
@@ -213,11 +214,37 @@ def test_cluttered_deterministic_and_mask_matches_item() -> None:
         img, label, mask, info = a.sample(i)
         y, x, s, item = info["y"], info["x"], info["size"], info["item"]
         expected = np.zeros_like(mask)
-        expected[y:y + s, x:x + s] = item > a.item_threshold
+        expected[y:y + s, x:x + s] = info["item_mask"]
         assert (mask == expected).all() and mask.sum() > 0
-        assert np.allclose(img[mask == 1], item[(item > a.item_threshold)])  # mask pixels hold the item
+        assert np.allclose(img[mask == 1], item[info["item_mask"]])  # mask pixels hold the item
+        if clutter == "standard":
+            assert (info["item_mask"] == (item > a.item_threshold)).all()
         assert label == int(_source()[1][info["index"]])
     assert any(not torch.equal(a[i][0], c[i][0]) for i in range(6))
+
+
+def test_matched_clutter_removes_most_of_the_brightness_shortcut() -> None:
+    from frozenlm.analysis.cli import brightness_map
+    res = {}
+    for clutter in ("standard", "matched"):
+        ds = ClutteredFashionMNIST(n=60, seed=0, img_size=32, clutter=clutter)
+        xs = torch.stack([ds[i][0] for i in range(60)])
+        gt, valid = mask_to_tokens(torch.stack([ds[i][2] for i in range(60)]), (4, 4))
+        acc = MIoUAccumulator()
+        acc.add("b", brightness_map(xs, (4, 4)), gt, valid)
+        res[clutter] = acc.result()["b"]
+    assert res["standard"] > 0.8 and res["matched"] < res["standard"] - 0.2, res
+    with pytest.raises(ValueError, match="clutter must be one of"):
+        ClutteredFashionMNIST(n=1, source=_source(), clutter="heavy")
+
+
+def test_brightness_reference_map() -> None:
+    from frozenlm.analysis.cli import brightness_map
+    img = torch.zeros(2, 3, 8, 8)
+    img[0, :, :4, 4:] = 1.0  # top-right token of a 2x2 grid
+    b = brightness_map(img, (2, 2))
+    assert b.shape == (2, 2, 2) and b[0, 0, 1] == 1.0 and b[0].sum() == 1.0
+    assert torch.equal(b[1], torch.zeros(2, 2))  # constant image: no division by zero
 
 
 def test_cluttered_real_fashion_mnist_matches_model_input() -> None:
@@ -274,8 +301,10 @@ def test_analyze_cli_on_trained_checkpoints(tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = main_analyze([*runs, "data=cluttered", f"out={out}", "n=6", "figures=2", "batch=4", "seed=1"])
     assert set(res) == {"base", "lm"}
-    assert set(res["base"]) == {"F_E/mag", "F_E/freq", "attn_vit"}
-    assert {f"{s}/{k}" for s in STAGES for k in ("mag", "freq")} | {"attn_lm"} == set(res["lm"])
+    refs = {"ref_brightness", "ref_random"}
+    assert set(res["base"]) == {"F_E/mag", "F_E/freq", "attn_vit"} | refs
+    assert {f"{s}/{k}" for s in STAGES for k in ("mag", "freq")} | {"attn_lm"} | refs == set(res["lm"])
+    assert res["base"]["ref_brightness"] == res["lm"]["ref_brightness"]  # same images, same tokens
     assert all(0 <= v <= 1 and not math.isnan(v) for r in res.values() for v in r.values())
     for f in ("miou.csv", "miou.md", "miou_bar.png", "base/overlay_000.png", "lm/overlay_001.png", "lm/miou.md"):
         assert (out / f).is_file(), f

@@ -5,7 +5,9 @@ method.md section 5 on the same images for every model, and writes under `out`:
   <model>/overlay_XXX.png   image + per-stage magnitude / frequency maps + CLS attention
   <model>/miou.csv, .md     that model's table
   miou.csv, miou.md         all models;  miou_bar.png  when several checkpoints are given
-Other keys: seed=0 (dataset seed), figures=4 (overlays per model), batch=16, device=cpu.
+Other keys: seed=0 (dataset seed), figures=4 (overlays per model), batch=16, device=cpu,
+clutter=standard|matched (matched: clutter as bright as the item). Every table also has two
+references on the same tokens: ref_brightness (mean pixel value per patch) and ref_random.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .report import bar_plot, save_overlay, write_table
 
 KIND_SHORT = {"magnitude": "mag", "frequency": "freq"}
 DEFAULTS: dict[str, Any] = {"data": "cluttered", "root": None, "out": "analysis", "n": 64, "seed": 0,
-                            "figures": 4, "batch": 16, "device": "cpu"}
+                            "figures": 4, "batch": 16, "device": "cpu", "clutter": "standard"}
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, Any, Path]:
@@ -74,7 +76,9 @@ def analyze_model(model: nn.Module, cfg: Any, opts: dict[str, Any], out_dir: Pat
     vit = model.vit
     img_size = int(vit.patch_embed.img_size[0])
     in_chans = int(vit.patch_embed.proj.in_channels)
-    ds = build_analysis_dataset(opts["data"], img_size, in_chans, int(opts["n"]), int(opts["seed"]), opts["root"])
+    ds = build_analysis_dataset(opts["data"], img_size, in_chans, int(opts["n"]), int(opts["seed"]), opts["root"],
+                                clutter=opts["clutter"])
+    rand = torch.Generator().manual_seed(int(opts["seed"]))
     mean, std = _mean_std(cfg, in_chans)
     acc = MIoUAccumulator()
     loader = torch.utils.data.DataLoader(ds, batch_size=int(opts["batch"]), shuffle=False, num_workers=0)
@@ -90,6 +94,9 @@ def analyze_model(model: nn.Module, cfg: Any, opts: dict[str, Any], out_dir: Pat
                 acc.add(f"{stage}/{KIND_SHORT[kind]}", a.cpu(), gt, valid)
         if attn is not None:
             acc.add(f"attn_{cap.attention_source}", attn.cpu(), gt, valid)
+        # Trivial references on the same tokens: what a feature must beat to mean anything.
+        acc.add("ref_brightness", brightness_map(images, cap.grid), gt, valid)
+        acc.add("ref_random", torch.rand(gt.shape, generator=rand), gt, valid)
         for i in range(images.shape[0]):
             if done >= n_fig:
                 break
@@ -107,6 +114,14 @@ def analyze_model(model: nn.Module, cfg: Any, opts: dict[str, Any], out_dir: Pat
               f"and are left out of the mIoU")
     write_table({label: result}, out_dir / label)
     return result
+
+
+def brightness_map(images: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Mean pixel value of each token's patch, min-max scaled per image: (B, h, w) in [0, 1]."""
+    m = torch.nn.functional.adaptive_avg_pool2d(images.float().mean(1, keepdim=True), grid)[:, 0]
+    lo = m.amin((1, 2), keepdim=True)
+    hi = m.amax((1, 2), keepdim=True)
+    return (m - lo) / (hi - lo).clamp_min(1e-12)
 
 
 def main_analyze(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, float]]:

@@ -88,6 +88,9 @@ def _resize(a: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+CLUTTERS = ("standard", "matched")
+
+
 class ClutteredFashionMNIST(Dataset):
     """Fashion-MNIST items pasted at a random position and scale on a cluttered background.
 
@@ -98,13 +101,20 @@ class ClutteredFashionMNIST(Dataset):
     dataset is reproducible and needs no storage. ``img_size``/``in_chans`` match the model
     (channels are copies of the grey image). The label is the item's Fashion-MNIST class.
 
+    clutter: "standard" (the item is on average brighter than the clutter, so pixel brightness
+             alone localises it well) or "matched" (distractors at the item's contrast, more of
+             them, a stronger texture and a random item contrast, so that brightness is not a
+             shortcut; `frozenlm analyze` reports the brightness map's mIoU as a reference).
     source: (images uint8 (N, 28, 28), labels (N,)) to use instead of the Debian files.
     """
 
     def __init__(self, n: int = 1000, seed: int = 0, img_size: int = 56, in_chans: int = 1,
                  train: bool = False, scale: tuple[float, float] = (0.45, 0.75), n_distractors: int = 3,
                  item_threshold: float = 0.15, root: str | os.PathLike | None = None,
-                 source: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 source: tuple[np.ndarray, np.ndarray] | None = None, clutter: str = "standard") -> None:
+        if clutter not in CLUTTERS:
+            raise ValueError(f"clutter must be one of {CLUTTERS}, got {clutter!r}")
+        self.clutter = clutter
         if source is None:
             from ..data.image import FASHION_MNIST_ROOT, FashionMNIST
             fm = FashionMNIST(root or FASHION_MNIST_ROOT, train=train)
@@ -128,8 +138,10 @@ class ClutteredFashionMNIST(Dataset):
         freq = rng.uniform(2, 8)
         phase = rng.uniform(0, 2 * np.pi)
         tex = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase)
-        bg = rng.uniform(0.1, 0.35) * tex + rng.normal(0, rng.uniform(0.03, 0.12), (s, s))
-        for _ in range(self.n_distractors):
+        matched = self.clutter == "matched"
+        amp = rng.uniform(0.3, 0.6) if matched else rng.uniform(0.1, 0.35)
+        bg = amp * tex + rng.normal(0, rng.uniform(0.03, 0.12), (s, s))
+        for _ in range(2 * self.n_distractors if matched else self.n_distractors):
             other = self.images[rng.integers(len(self.images))].astype(np.float32) / 255.0
             c = int(rng.integers(7, 13))  # fragment: a crop of about a third of an item
             y0, x0 = (int(v) for v in rng.integers(0, 28 - c, 2))
@@ -137,7 +149,8 @@ class ClutteredFashionMNIST(Dataset):
             fs = frag.shape[0]
             py, px = (int(v) for v in rng.integers(0, s - fs + 1, 2))
             region = bg[py:py + fs, px:px + fs]
-            bg[py:py + fs, px:px + fs] = np.maximum(region, rng.uniform(0.4, 0.7) * frag)
+            contrast = rng.uniform(0.7, 1.0) if matched else rng.uniform(0.4, 0.7)
+            bg[py:py + fs, px:px + fs] = np.maximum(region, contrast * frag)
         return np.clip(bg, 0.0, 1.0)
 
     def sample(self, i: int) -> tuple[np.ndarray, int, np.ndarray, dict]:
@@ -150,13 +163,16 @@ class ClutteredFashionMNIST(Dataset):
         bg = self._background(rng)
         size = max(4, int(round(s * rng.uniform(*self.scale))))
         item = _resize(self.images[k].astype(np.float32) / 255.0, size).clip(0, 1)
+        item_mask = item > self.item_threshold  # the mask is fixed before any contrast change
+        if self.clutter == "matched":
+            item = item * rng.uniform(0.7, 1.0)
         y, x = (int(v) for v in rng.integers(0, s - size + 1, 2))
-        item_mask = item > self.item_threshold
         img = bg.copy()
         mask = np.zeros((s, s), dtype=np.uint8)
         img[y:y + size, x:x + size][item_mask] = item[item_mask]
         mask[y:y + size, x:x + size] = item_mask
-        return img, int(self.labels[k]), mask, {"index": k, "y": y, "x": x, "size": size, "item": item}
+        return img, int(self.labels[k]), mask, {"index": k, "y": y, "x": x, "size": size, "item": item,
+                                                "item_mask": item_mask}
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, Tensor]:
         img, label, mask, _ = self.sample(i)
@@ -165,10 +181,12 @@ class ClutteredFashionMNIST(Dataset):
 
 
 def build_analysis_dataset(name: str, img_size: int, in_chans: int, n: int, seed: int = 0,
-                           root: str | os.PathLike | None = None, train: bool = False) -> Dataset:
-    """`cluttered` (offline, exact masks) or `imagenet_s` (needs `root`)."""
+                           root: str | os.PathLike | None = None, train: bool = False,
+                           clutter: str = "standard") -> Dataset:
+    """`cluttered` (offline, exact masks; `clutter` standard|matched) or `imagenet_s` (needs `root`)."""
     if name == "cluttered":
-        return ClutteredFashionMNIST(n=n, seed=seed, img_size=img_size, in_chans=in_chans, train=train, root=root)
+        return ClutteredFashionMNIST(n=n, seed=seed, img_size=img_size, in_chans=in_chans, train=train, root=root,
+                                     clutter=clutter)
     if name in ("imagenet_s", "imagenet-s", "imagenets"):
         if root is None:
             raise ValueError("data=imagenet_s needs root=<ImageNet-S50 folder>")
@@ -202,7 +220,8 @@ def cluttered_classification_dataset(cfg_data: dict, split: str) -> NormalizedCl
     Train items come from Fashion-MNIST's train split and val items from its test split, with
     different seeds; ``frozenlm analyze`` uses the test split too, but seed ``cluttered_seed`` of
     analysis defaults to 0 while val uses ``cluttered_seed + 1``. Keys of ``data:``: img_size,
-    in_chans, subset_train/subset_val (sizes; defaults 60000/10000), cluttered_seed (0), root.
+    in_chans, subset_train/subset_val (sizes; defaults 60000/10000), cluttered_seed (0), root,
+    clutter (standard | matched).
     """
     from ..data.transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD
     train = split == "train"
@@ -210,7 +229,8 @@ def cluttered_classification_dataset(cfg_data: dict, split: str) -> NormalizedCl
     n = cfg_data.get("subset_train" if train else "subset_val") or (60000 if train else 10000)
     seed = int(cfg_data.get("cluttered_seed") or 0) + (1000 if train else 1)
     ds = ClutteredFashionMNIST(n=int(n), seed=seed, img_size=int(cfg_data.get("img_size") or 28),
-                               in_chans=in_chans, train=train, root=cfg_data.get("root"))
+                               in_chans=in_chans, train=train, root=cfg_data.get("root"),
+                               clutter=cfg_data.get("clutter") or "standard")
     mean = tuple(cfg_data.get("mean") or FASHION_MNIST_MEAN * in_chans)
     std = tuple(cfg_data.get("std") or FASHION_MNIST_STD * in_chans)
     return NormalizedClassification(ds, mean, std)
