@@ -1,0 +1,228 @@
+"""Point-cloud classification data: ScanObjectNN h5, ModelNet40 (resampled text and h5), offline shapes.
+
+Datasets hold every stored point of each cloud ((P, 3) float32 tensors); the per-batch sampling
+(FPS to 1200 then a random 1024 for training, FPS to 1024 for testing) and the scale-and-translate
+augmentation of Point-BERT run on the batch, see :func:`sample_points` and :func:`scale_and_translate`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ..models.point_ops import farthest_point_sample, gather_points
+from .pointcloud_shapes import SHAPE_CLASSES, load_or_generate_shapes
+
+__all__ = ["PointCloudDataset", "SCANOBJECTNN_CLASSES", "SCANOBJECTNN_FILES", "POINTCLOUD_DATASETS",
+           "read_h5_clouds", "read_modelnet_txt", "read_modelnet_h5", "read_scanobjectnn", "build_pointcloud_dataset",
+           "pc_normalize", "sample_points", "scale_and_translate"]
+
+SCANOBJECTNN_CLASSES = ("bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
+                        "pillow", "sink", "sofa", "toilet")
+#: variant -> (sub-folder of h5_files, train file, test file)
+SCANOBJECTNN_FILES = {
+    "OBJ_BG": ("main_split", "training_objectdataset.h5", "test_objectdataset.h5"),
+    "OBJ_ONLY": ("main_split_nobg", "training_objectdataset.h5", "test_objectdataset.h5"),
+    "PB_T50_RS": ("main_split", "training_objectdataset_augmentedrot_scale75.h5",
+                  "test_objectdataset_augmentedrot_scale75.h5"),
+}
+POINTCLOUD_DATASETS = ("shapes", "scanobjectnn", "modelnet40", "modelnet40_h5")
+
+
+class PointCloudDataset(Dataset):
+    """In-memory clouds: item i is (points (P, 3) float32 tensor, label int)."""
+
+    def __init__(self, points: np.ndarray, labels: np.ndarray, classes: Sequence[str], source: str = "") -> None:
+        points = np.asarray(points)
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        where = f" in {source}" if source else ""
+        if points.ndim != 3 or points.shape[-1] < 3:
+            raise ValueError(f"point clouds{where} must be (N, P, 3+) (xyz first), got shape {points.shape}")
+        if len(points) == 0:
+            raise ValueError(f"no point clouds{where}: the file/list is empty")
+        if len(points) != len(labels):
+            raise ValueError(f"{len(points)} clouds but {len(labels)} labels{where}")
+        bad = labels[(labels < 0) | (labels >= len(classes))]
+        if len(bad):
+            raise ValueError(f"label {int(bad[0])}{where} is out of range for {len(classes)} classes "
+                             f"(labels must be in [0, {len(classes) - 1}]); check data.num_classes / the class list")
+        self.points = torch.from_numpy(np.ascontiguousarray(points[..., :3], dtype=np.float32))
+        self.labels = torch.from_numpy(labels)
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.points[i], int(self.labels[i])
+
+
+def pc_normalize(points: np.ndarray) -> np.ndarray:
+    """Centre each cloud (..., P, 3) on its centroid and scale it into the unit sphere."""
+    centred = points - points.mean(axis=-2, keepdims=True)
+    radius = np.linalg.norm(centred, axis=-1).max(axis=-1, keepdims=True)[..., None]
+    return centred / np.maximum(radius, 1e-12)
+
+
+def read_h5_clouds(path: str | Path, data_key: str = "data", label_key: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    """(points (N, P, C), labels (N,)) from an h5 file with ``data``/``label`` datasets (ScanObjectNN, ModelNet h5)."""
+    import h5py
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"point-cloud h5 file not found: {p}")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        raise ValueError(f"{p} is not a readable HDF5 file ({e})") from None
+    with f:
+        missing = [k for k in (data_key, label_key) if k not in f]
+        if missing:
+            raise KeyError(f"{p} has no dataset(s) {missing}; it has {sorted(f.keys())} "
+                           f"(expected '{data_key}' (N, P, 3) and '{label_key}' (N,))")
+        data, labels = np.asarray(f[data_key]), np.asarray(f[label_key]).reshape(-1)
+    if data.ndim != 3 or data.shape[-1] < 3:
+        raise ValueError(f"{p}: dataset '{data_key}' must be (N, P, 3+) points, got shape {data.shape}")
+    if len(data) == 0:
+        raise ValueError(f"{p}: dataset '{data_key}' is empty")
+    return data, labels
+
+
+def read_scanobjectnn(root: str | Path, variant: str, split: str) -> PointCloudDataset:
+    """ScanObjectNN (OBJ_BG, OBJ_ONLY, PB_T50_RS) from ``root`` = the ``h5_files`` folder (or the
+    split folder itself, e.g. ``.../main_split``); 2048 points per cloud, 15 classes."""
+    if variant not in SCANOBJECTNN_FILES:
+        raise ValueError(f"data.variant must be one of {sorted(SCANOBJECTNN_FILES)} for ScanObjectNN, got {variant!r}")
+    sub, train_file, test_file = SCANOBJECTNN_FILES[variant]
+    name = train_file if split == "train" else test_file
+    root = Path(root).expanduser()
+    candidates = [root / sub / name, root / name, root / "h5_files" / sub / name]
+    path = next((c for c in candidates if c.exists()), None)
+    if path is None:
+        raise FileNotFoundError(f"ScanObjectNN {variant} {split}: none of {[str(c) for c in candidates]} exists; "
+                                "set data.root to the h5_files folder of ScanObjectNN")
+    data, labels = read_h5_clouds(path)
+    return PointCloudDataset(data, labels, SCANOBJECTNN_CLASSES, source=str(path))
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise FileNotFoundError(f"ModelNet40 list file not found: {path}")
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _first(root: Path, names: Sequence[str]) -> Path:
+    return next((root / n for n in names if (root / n).exists()), root / names[0])
+
+
+def read_modelnet_txt(root: str | Path, split: str, num_points: int = 8192, num_classes: int = 40,
+                      cache: bool = True, progress: bool = True) -> PointCloudDataset:
+    """ModelNet40 'modelnet40_normal_resampled': ``<class>/<class>_NNNN.txt`` lines ``x,y,z,nx,ny,nz``,
+    listed by ``modelnet40_{train,test}.txt`` with names in ``modelnet40_shape_names.txt``. The first
+    ``num_points`` points are kept (the files are already FPS-ordered resamplings) and normalised to
+    the unit sphere. Parsed arrays are cached next to the data as .npz (no pickle)."""
+    root = Path(root).expanduser()
+    names = _read_lines(_first(root, [f"modelnet{num_classes}_shape_names.txt", "shape_names.txt"]))
+    lst = root / f"modelnet{num_classes}_{'train' if split == 'train' else 'test'}.txt"
+    cache_path = root / f"modelnet{num_classes}_{lst.stem.split('_')[-1]}_{num_points}pts.npz"
+    if cache and cache_path.exists():
+        with np.load(cache_path, allow_pickle=False) as f:
+            return PointCloudDataset(f["data"], f["label"], names, source=str(cache_path))
+    ids = _read_lines(lst)
+    index = {n: i for i, n in enumerate(names)}
+    clouds, labels = [], []
+    for sid in tqdm(ids, desc=f"reading ModelNet{num_classes} {split}", disable=not progress, leave=False):
+        cls = sid.rsplit("_", 1)[0]
+        if cls not in index:
+            raise ValueError(f"{lst}: shape {sid!r} has class {cls!r}, which is not in the shape-names file")
+        f = root / cls / f"{sid}.txt"
+        if not f.exists():
+            raise FileNotFoundError(f"ModelNet file {f} listed in {lst} does not exist")
+        if f.stat().st_size == 0:
+            raise ValueError(f"{f} is empty")
+        arr = np.loadtxt(f, delimiter=",", dtype=np.float32, ndmin=2)
+        if arr.shape[1] < 3:
+            raise ValueError(f"{f}: expected lines 'x,y,z[,nx,ny,nz]', got {arr.shape[1]} values per line")
+        if arr.shape[0] < num_points:
+            raise ValueError(f"{f} has {arr.shape[0]} points, fewer than data.num_points={num_points}")
+        clouds.append(arr[:num_points, :3])
+        labels.append(index[cls])
+    data = pc_normalize(np.stack(clouds)).astype(np.float32)
+    lab = np.asarray(labels, dtype=np.int64)
+    if cache:
+        try:
+            np.savez(cache_path, data=data, label=lab)
+        except OSError:
+            pass  # a read-only dataset folder: simply parse again next time
+    return PointCloudDataset(data, lab, names, source=str(lst))
+
+
+def read_modelnet_h5(root: str | Path, split: str, num_points: Optional[int] = None) -> PointCloudDataset:
+    """ModelNet40 'modelnet40_ply_hdf5_2048': ``ply_data_{train,test}*.h5`` (data (N, 2048, 3), label
+    (N, 1)) and ``shape_names.txt``."""
+    root = Path(root).expanduser()
+    files = sorted(root.glob(f"ply_data_{'train' if split == 'train' else 'test'}*.h5"))
+    if not files:
+        raise FileNotFoundError(f"no ply_data_{split}*.h5 files in {root}; set data.root to modelnet40_ply_hdf5_2048")
+    names = _read_lines(_first(root, ["shape_names.txt", "modelnet40_shape_names.txt"]))
+    parts = [read_h5_clouds(f) for f in files]
+    data = np.concatenate([d for d, _ in parts])
+    if num_points is not None:
+        if data.shape[1] < num_points:
+            raise ValueError(f"{root}: clouds have {data.shape[1]} points, fewer than data.num_points={num_points}")
+        data = data[:, :num_points]
+    return PointCloudDataset(data, np.concatenate([lab for _, lab in parts]), names, source=str(root))
+
+
+def build_pointcloud_dataset(data_cfg: Mapping[str, Any], split: str) -> PointCloudDataset:
+    """Dataset named by ``data.name`` (one of POINTCLOUD_DATASETS) for ``split`` ("train" or "val"/"test")."""
+    name = data_cfg.get("name")
+    root = data_cfg.get("root")
+    if name == "shapes":
+        n = data_cfg.get("train_per_class" if split == "train" else "test_per_class")
+        opts = dict(data_cfg.get("shapes") or {})
+        pts, lab = load_or_generate_shapes(data_cfg.get("cache_dir"), int(n), split, int(data_cfg.get("shapes_seed", 0)),
+                                           int(data_cfg.get("num_classes") or len(SHAPE_CLASSES)), **opts)
+        k = int(data_cfg.get("num_classes") or len(SHAPE_CLASSES))
+        return PointCloudDataset(pts, lab, SHAPE_CLASSES[:k], source="generated shapes")
+    if name not in POINTCLOUD_DATASETS:
+        raise ValueError(f"data.name must be one of {POINTCLOUD_DATASETS}, got {name!r}")
+    if not root:
+        raise ValueError(f"data.root must point at the {name} files (nothing is downloaded)")
+    if name == "scanobjectnn":
+        return read_scanobjectnn(root, str(data_cfg.get("variant", "PB_T50_RS")), split)
+    if name == "modelnet40":
+        return read_modelnet_txt(root, split, int(data_cfg.get("file_points") or 8192))
+    return read_modelnet_h5(root, split)
+
+
+def sample_points(points: Tensor, n: int, fps_points: Optional[int] = None,
+                  generator: Optional[torch.Generator] = None) -> Tensor:
+    """Point-BERT's batch sampling: FPS to ``fps_points`` then a random ``n`` of them (training), or
+    FPS to ``n`` (``fps_points`` None: testing). points (B, P, 3) -> (B, n, 3)."""
+    p = points.shape[1]
+    if n > p:
+        raise ValueError(f"cannot sample {n} points from clouds of {p}; lower data.num_points")
+    if fps_points is None:
+        return gather_points(points, farthest_point_sample(points, n)) if n < p else points
+    m = min(int(fps_points), p)
+    if m < n:
+        raise ValueError(f"data.train_fps_points ({fps_points}) must be >= data.num_points ({n})")
+    idx = farthest_point_sample(points, m) if m < p else torch.arange(p, device=points.device).expand(len(points), p)
+    # one random subset shared by the batch, as Point-BERT's fine-tuning loop does
+    pick = torch.randperm(m, generator=generator)[:n].to(points.device)
+    return gather_points(points, idx[:, pick])
+
+
+def scale_and_translate(points: Tensor, scale: tuple[float, float] = (2.0 / 3.0, 1.5),
+                        shift: float = 0.2, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Point-BERT's PointcloudScaleAndTranslate: per cloud, xyz * U(scale) per axis + U(-shift, shift) per axis."""
+    b = points.shape[0]
+    s = torch.empty(b, 1, 3).uniform_(scale[0], scale[1], generator=generator).to(points)
+    t = torch.empty(b, 1, 3).uniform_(-shift, shift, generator=generator).to(points)
+    return points * s + t

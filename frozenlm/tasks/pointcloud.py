@@ -1,0 +1,90 @@
+"""Point-cloud classification: Point-BERT + LMLayer on ScanObjectNN, ModelNet40 or the offline shapes.
+
+Metrics as the paper reports them: ``OA`` (overall accuracy, %) and ``mAcc`` (mean class accuracy, %).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.pointcloud import build_pointcloud_dataset, sample_points, scale_and_translate
+from ..engine.optim import param_groups
+from ..engine.task import Task, register_task
+from ..models import create_model
+
+__all__ = ["PointCloudClassification", "pointcloud_finalize"]
+
+
+def pointcloud_finalize(sums: dict[str, Tensor]) -> dict[str, float]:
+    """OA, mAcc (over classes that occur) and mean loss from summed counts."""
+    count = float(sums["count"])
+    if count == 0:
+        raise ValueError("no evaluation samples were seen (empty dataset?)")
+    seen = sums["class_count"] > 0
+    out = {"OA": 100.0 * float(sums["correct"]) / count,
+           "mAcc": 100.0 * float((sums["class_correct"][seen] / sums["class_count"][seen]).mean())}
+    if "loss_sum" in sums:
+        out["loss"] = float(sums["loss_sum"]) / count
+    return out
+
+
+@register_task("pointcloud")
+class PointCloudClassification(Task):
+    """Point-BERT(+LMLayer) classifier with Point-BERT's batch sampling, augmentation and optional voting."""
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        kw = dict(cfg.model)
+        name = kw.pop("name")
+        if kw.get("num_classes") is None:
+            kw["num_classes"] = cfg.data.get("num_classes") or 40
+        return create_model(name, **kw)
+
+    def build_dataset(self, cfg: Any, split: str) -> Any:
+        ds = build_pointcloud_dataset(cfg.data, split)
+        n_model = cfg.model.get("num_classes") or cfg.data.get("num_classes")
+        if n_model is not None and ds.num_classes > int(n_model):
+            raise ValueError(f"data {cfg.data.name!r} ({split}) has {ds.num_classes} classes but the model head has "
+                             f"{n_model}; set data.num_classes (or model.num_classes) to match")
+        return ds
+
+    def _num_classes(self, cfg: Any) -> int:
+        return int(cfg.model.get("num_classes") or cfg.data.num_classes)
+
+    def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
+        points, y = batch
+        points = sample_points(points, int(cfg.data.num_points), cfg.data.get("train_fps_points"))
+        if cfg.data.get("augment", True):
+            points = scale_and_translate(points)
+        return F.cross_entropy(model(points).float(), y, label_smoothing=float(cfg.data.get("smoothing", 0.0)))
+
+    def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, Tensor]:
+        points, y = batch
+        points = sample_points(points, int(cfg.data.num_points))
+        logits = model(points).float()
+        votes = int(cfg.data.get("votes") or 1)
+        for _ in range(votes - 1):  # Point-BERT's voting: average logits over scale-and-translate copies
+            logits = logits + model(scale_and_translate(points)).float()
+        logits = logits / votes
+        n = self._num_classes(cfg)
+        hit = (logits.argmax(-1) == y).double()
+        return {"correct": hit.sum(), "count": torch.tensor(float(len(y)), dtype=torch.float64, device=y.device),
+                "class_correct": torch.zeros(n, dtype=torch.float64, device=y.device).index_add_(0, y, hit),
+                "class_count": torch.bincount(y, minlength=n).double(),
+                "loss_sum": F.cross_entropy(logits, y, reduction="sum").double()}
+
+    def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
+        return pointcloud_finalize(sums)
+
+    def param_groups(self, model: nn.Module, cfg: Any) -> Optional[list[dict]]:
+        """Engine groups, with ``optim.adapter_lr_mult`` (paper: 0.5) on the LMLayer's trainable
+        parameters; ``optim.no_decay_lr_mult`` (paper: 0.1) applies on top to no-decay ones."""
+        mult = cfg.optim.get("adapter_lr_mult")
+        if mult is None:
+            return None
+        c = copy.deepcopy(cfg)
+        c.optim.lr_mult = {**dict(cfg.optim.get("lr_mult") or {}), "lm_layer.": float(mult)}
+        return param_groups(model, c)
