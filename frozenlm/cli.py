@@ -49,6 +49,7 @@ COMMANDS = {
     "eval": "eval CHECKPOINT [key=value ...]",
     "ablate": "ablate CONFIG --variants none,frozen,mlp,random --seeds 3 [key=value ...]",
     "analyze": "analyze CHECKPOINT [CHECKPOINT ...] [data=cluttered|imagenet_s] [root=DIR] [out=DIR] [n=64]",
+    "bench": "bench [--model vit_small_patch16_224] [--lm llama-7b] [--batch 8] [--load] [--ckpt] [--json OUT]",
     "inspect": "inspect SOURCE [--layer N] [--json]",
     "sources": "sources",
     "models": "models",
@@ -79,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif cmd == "analyze":
             from .analysis.cli import main_analyze
             main_analyze(rest)
+        elif cmd == "bench":
+            from .bench.run import main_bench
+            main_bench(rest)
         elif cmd == "inspect":
             _inspect(rest)
         elif cmd == "sources":

@@ -27,14 +27,20 @@ class LMLayer(nn.Module):
       mlp      F_L1 -> GELU -> LayerNorm (no affine, so the trainable count equals `frozen`'s) -> F_L2
     residual: "none" (paper), "inner" (block output + its input, before the norm) or
               "outer" (z + z'), as follow-up work uses.
-    frozen_dtype: storage dtype of frozen weights (e.g. torch.bfloat16 halves memory).
+    frozen_dtype: storage dtype of frozen weights (e.g. torch.bfloat16 halves memory). Compute runs
+              in the activations' dtype or the autocast dtype, never silently in the storage dtype.
     blocks: an already-loaded BlockStack to use instead of reading `source` again.
+    Fast-path switches (docs/performance.md): attn "sdpa" | "math" (eager reference);
+    grad_checkpointing recomputes the LM block(s) in backward; compile wraps the block(s) in
+    torch.compile; fuse_norm applies the unit RMSNorm's per-token scale after F_L2 at inference
+    (F_L2 is linear without bias, so W(s*h) = s*(Wh): the d_lm-wide normalised tensor is never written).
     """
 
     def __init__(self, in_dim: int, source: str | Path = "smollm2-135m", layers: LayerSpec = (-1,),
                  variant: str = "frozen", residual: str = "none", mask: str = "none", rope: str = "none",
                  frozen_dtype: torch.dtype | str | None = None, init: str = "trunc_normal",
-                 blocks: BlockStack | None = None) -> None:
+                 blocks: BlockStack | None = None, attn: str = "sdpa", grad_checkpointing: bool = False,
+                 compile: bool = False, fuse_norm: bool = True) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"LMLayer variant must be one of {VARIANTS}, got {variant!r}")
@@ -42,7 +48,8 @@ class LMLayer(nn.Module):
             raise ValueError(f"LMLayer residual must be one of {RESIDUALS}, got {residual!r}")
         if init not in INITS:
             raise ValueError(f"LMLayer init must be one of {INITS}, got {init!r}")
-        self.in_dim, self.variant, self.residual = in_dim, variant, residual
+        self.in_dim, self.variant, self.residual, self.fuse_norm = in_dim, variant, residual, fuse_norm
+        self._compiled: Any = None
         self.source = str(source)
         self.blocks: BlockStack | None = None
         self._digest: tuple[tuple, str] | None = None
@@ -68,6 +75,11 @@ class LMLayer(nn.Module):
         else:
             self.blocks = blocks
             self.blocks.requires_grad_(variant != "frozen")
+            self.blocks.set_attn_impl(attn)
+            self.blocks.grad_checkpointing = grad_checkpointing
+            if compile:
+                # Kept out of the module tree so state-dict keys do not gain an `_orig_mod.` prefix.
+                self.__dict__["_compiled"] = torch.compile(self.blocks)
             if variant == "random":
                 self.blocks.float()
             self.norm = RMSNorm(d_lm, eps=blocks.cfg.norm_eps, weight=False)  # unit weight, frozen by construction
@@ -87,20 +99,23 @@ class LMLayer(nn.Module):
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"LMLayer expects tokens with {self.in_dim} channels, got shape {tuple(x.shape)}")
         h = self.proj_in(x)
+        scale = None
         if self.blocks is None:
             h = self.mlp_norm(self.act(h))
         else:
             inner = h
-            w_dtype = self.blocks.layers[0].attn.q.weight.dtype
-            if not torch.is_autocast_enabled(h.device.type) and h.dtype != w_dtype:
-                h = h.to(w_dtype)  # frozen weights may be stored in bf16
-            h = self.blocks(h, padding_mask)
+            h = (self.blocks if self._compiled is None else self._compiled)(h, padding_mask)
             if self.residual == "inner":
                 h = h + inner.to(h.dtype)
-            h = self.norm(h).float()
+            if self.fuse_norm and not torch.is_grad_enabled():
+                scale = torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + self.norm.eps)
+            else:
+                h = self.norm(h).float()
         if h.dtype != self.proj_out.weight.dtype and not torch.is_autocast_enabled(h.device.type):
             h = h.to(self.proj_out.weight.dtype)
         out = self.proj_out(h)
+        if scale is not None:
+            out = out.float() * scale
         return out + x if self.residual == "outer" else out
 
     def frozen_digest(self) -> str | None:

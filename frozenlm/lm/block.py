@@ -6,6 +6,7 @@ ffn_norm) so that every checkpoint reader maps its own key names onto one module
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,49 @@ ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
+
+
+class _UpcastLinear(torch.autograd.Function):
+    """y = x W^T + b with a frozen W stored in lower precision and used in x's dtype.
+
+    Saving the stored W (not its upcast copy) for backward is the point: autograd would
+    otherwise keep a full-precision copy of every frozen matrix alive until backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        ctx.save_for_backward(w)
+        return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
+        (w,) = ctx.saved_tensors
+        return g @ w.to(g.dtype), None, None
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose (frozen) weights may be stored in a lower precision than the activations.
+
+    The storage dtype then only saves memory: compute runs in the activations' dtype (or the
+    autocast dtype), so bf16 storage works on CPUs without fast bf16 matmuls.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        w, b = self.weight, self.bias
+        if w.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+            return F.linear(x, w, b)
+        if w.requires_grad or (b is not None and b.requires_grad):
+            return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
+        return _UpcastLinear.apply(x, w, b)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm that accepts parameters stored in another dtype than its input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = None if self.weight is None else self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -35,7 +79,7 @@ class RMSNorm(nn.Module):
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         # Cast back before the weight multiply, matching the reference so bf16 results agree.
         y = xf.to(dtype)
-        return y * self.weight if self.weight is not None else y
+        return y * self.weight.to(dtype) if self.weight is not None else y
 
 
 def rope_cos_sin(n: int, head_dim: int, theta: float, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -53,16 +97,25 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x.float() * cos + rot.float() * sin).to(x.dtype)
 
 
+ATTN_IMPLS = ("sdpa", "math")
+
+
 class Attention(nn.Module):
-    """Multi-head / grouped-query self-attention through `scaled_dot_product_attention`."""
+    """Multi-head / grouped-query self-attention.
+
+    impl "sdpa" (default) uses `scaled_dot_product_attention` (fused kernels: no N x N matrix is
+    kept for backward); "math" is the eager softmax(QK^T/sqrt(d))V the released code uses,
+    kept for benchmarks and as a reference.
+    """
 
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q = nn.Linear(cfg.dim, self.n_heads * self.hd, bias=cfg.qkv_bias)
-        self.k = nn.Linear(cfg.dim, self.n_kv * self.hd, bias=cfg.qkv_bias)
-        self.v = nn.Linear(cfg.dim, self.n_kv * self.hd, bias=cfg.qkv_bias)
-        self.o = nn.Linear(self.n_heads * self.hd, cfg.dim, bias=cfg.out_bias)
+        self.impl = "sdpa"
+        self.q = Linear(cfg.dim, self.n_heads * self.hd, bias=cfg.qkv_bias)
+        self.k = Linear(cfg.dim, self.n_kv * self.hd, bias=cfg.qkv_bias)
+        self.v = Linear(cfg.dim, self.n_kv * self.hd, bias=cfg.qkv_bias)
+        self.o = Linear(self.n_heads * self.hd, cfg.dim, bias=cfg.out_bias)
 
     def qkv(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Project to (B, H, N, hd) queries and (B, H_kv, N, hd) keys/values, rotated if `rope`."""
@@ -81,7 +134,10 @@ class Attention(nn.Module):
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
+        if self.impl == "math":
+            out = _math_attention(q, k, v, mask, is_causal)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
         return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
     def attention_probs(self, x: Tensor, mask: Tensor | None = None,
@@ -96,15 +152,26 @@ class Attention(nn.Module):
         return s.softmax(-1)
 
 
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+    """Eager attention: materialises the (B, H, N, N) scores and keeps them for backward."""
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if mask is None and is_causal:
+        n = q.shape[-2]
+        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return s.softmax(-1) @ v
+
+
 class MLP(nn.Module):
     """SwiGLU (gate * up -> down) when `cfg.gated`, else up -> act -> down."""
 
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
         self.act = ACTIVATIONS[cfg.act]
-        self.gate = nn.Linear(cfg.dim, cfg.ffn_dim, bias=cfg.mlp_bias) if cfg.gated else None
-        self.up = nn.Linear(cfg.dim, cfg.ffn_dim, bias=cfg.mlp_bias)
-        self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=cfg.mlp_bias)
+        self.gate = Linear(cfg.dim, cfg.ffn_dim, bias=cfg.mlp_bias) if cfg.gated else None
+        self.up = Linear(cfg.dim, cfg.ffn_dim, bias=cfg.mlp_bias)
+        self.down = Linear(cfg.ffn_dim, cfg.dim, bias=cfg.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate is not None:
@@ -116,7 +183,7 @@ def make_norm(cfg: BlockConfig) -> nn.Module:
     """The family's normalisation layer."""
     if cfg.norm == "rms":
         return RMSNorm(cfg.dim, cfg.norm_eps)
-    return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+    return LayerNorm(cfg.dim, eps=cfg.norm_eps)
 
 
 class Block(nn.Module):

@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .block import Block, rope_cos_sin
+from torch.utils.checkpoint import checkpoint
+
+from .block import ATTN_IMPLS, Block, rope_cos_sin
 from .config import BlockConfig
 
 MASKS = ("none", "causal")
@@ -33,10 +35,13 @@ class BlockStack(nn.Module):
     """Consecutive blocks of one language model: bidirectional and without RoPE by default.
 
     `layer_indices` records which layers of the source these are (for checkpoints/inspection).
+    `attn`: "sdpa" (fused attention) or "math" (eager reference). `grad_checkpointing`: recompute
+    each block in backward instead of keeping its activations (4096- and 11008-wide for LLaMA-7B).
     """
 
     def __init__(self, cfg: BlockConfig, n_blocks: int = 1, mask: str = "none", rope: str = "none",
-                 layer_indices: list[int] | None = None) -> None:
+                 layer_indices: list[int] | None = None, attn: str = "sdpa",
+                 grad_checkpointing: bool = False) -> None:
         super().__init__()
         if mask not in MASKS:
             raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
@@ -47,6 +52,16 @@ class BlockStack(nn.Module):
         self.cfg, self.mask, self.rope = cfg, mask, rope
         self.layer_indices = list(layer_indices) if layer_indices is not None else list(range(n_blocks))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(n_blocks))
+        self.grad_checkpointing = grad_checkpointing
+        self.set_attn_impl(attn)
+
+    def set_attn_impl(self, impl: str) -> None:
+        """Switch every block's attention between "sdpa" and "math"."""
+        if impl not in ATTN_IMPLS:
+            raise ValueError(f"attn must be one of {ATTN_IMPLS}, got {impl!r}")
+        self.attn_impl = impl
+        for blk in self.layers:
+            blk.attn.impl = impl
 
     @property
     def dim(self) -> int:
@@ -62,10 +77,16 @@ class BlockStack(nn.Module):
         causal = self.mask == "causal"
         mask = build_attention_mask(n, causal, padding_mask, x.device)
         rope = rope_cos_sin(n, self.cfg.head_dim, self.cfg.rope_theta, x.device) if self.rope == "1d" else None
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.layers:
-            x = blk(x, mask, causal, rope)
+            if recompute:
+                # Non-reentrant checkpointing also works when no block parameter needs a gradient.
+                x = checkpoint(blk, x, mask, causal, rope, use_reentrant=False)
+            else:
+                x = blk(x, mask, causal, rope)
         return x
 
     def extra_repr(self) -> str:
         return (f"family={self.cfg.family}, dim={self.cfg.dim}, layers={self.layer_indices}, "
-                f"mask={self.mask}, rope={self.rope}")
+                f"mask={self.mask}, rope={self.rope}, attn={self.attn_impl}"
+                + (", grad_checkpointing=True" if self.grad_checkpointing else ""))
