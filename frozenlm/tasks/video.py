@@ -1,0 +1,127 @@
+"""Video action recognition: VideoMAE-style ViT + LMLayer on SSv2 / Kinetics / offline moving shapes."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import build_loss, build_mixup
+from ..data.video import skip_none_collate
+from ..data.video_sets import build_video_dataset
+from ..engine.classification import classification_finalize, topk_sums
+from ..engine.optim import param_groups as engine_param_groups
+from ..engine.task import Task, register_task
+from ..models import create_model
+
+
+def layer_decay_groups(model: nn.Module, cfg: Any, decay: float) -> list[dict]:
+    """The engine's (weight decay, lr_mult) groups split further by VideoMAE's layer-wise LR decay:
+    a parameter of layer id i (0 = embeddings, depth+1 = LMLayer/fc_norm/head) gets
+    lr_mult x decay ** (depth + 1 - i)."""
+    depth = model.num_layers
+    out: dict[tuple, dict] = {}
+    for g in engine_param_groups(model, cfg):
+        for name, p in zip(g["param_names"], g["params"]):
+            scale = decay ** (depth + 1 - model.layer_id(name))
+            key = (g["weight_decay"], g["lr_mult"] * scale)
+            grp = out.setdefault(key, {"params": [], "param_names": [], "weight_decay": key[0], "lr_mult": key[1]})
+            grp["params"].append(p)
+            grp["param_names"].append(name)
+    return list(out.values())
+
+
+@register_task("video")
+class VideoClassification(Task):
+    """Clips (B, C, T, H, W) -> class; metrics top1, top5, mean per-class accuracy (and per class).
+
+    Evaluation batches of (B, V, C, T, H, W) are multi-view: softmax scores are averaged over the
+    V = temporal clips x spatial crops views before scoring, as in VideoMAE's test protocol.
+    """
+
+    def __init__(self) -> None:
+        self._mixup: Any = None
+        self._loss: nn.Module | None = None
+        self._classes: list[str] | None = None
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        self._mixup, self._loss, self._classes = None, None, None  # the task object outlives runs (ablate)
+        m = dict(cfg.model)
+        name = m.pop("name")
+        m.pop("layer_decay", None)
+        if m.get("num_classes") is None:
+            m["num_classes"] = cfg.data.num_classes
+        for key in ("num_frames", "img_size"):
+            if m.get(key) is None and cfg.data.get(key) is not None:
+                m[key] = cfg.data[key]
+        return create_model(name, **m)
+
+    def build_dataset(self, cfg: Any, split: str) -> Any:
+        n_model = cfg.model.get("num_classes") or cfg.data.num_classes
+        if int(n_model) != int(cfg.data.num_classes):
+            raise ValueError(f"model.num_classes={n_model} but data.num_classes={cfg.data.num_classes}")
+        ds = build_video_dataset(cfg.data, split)
+        self._classes = ds.classes
+        return ds
+
+    def collate_fn(self, cfg: Any, split: str) -> Optional[Callable]:
+        return skip_none_collate
+
+    def param_groups(self, model: nn.Module, cfg: Any) -> Optional[list[dict]]:
+        decay = cfg.model.get("layer_decay")
+        if decay is None or float(decay) == 1.0:
+            return None
+        return layer_decay_groups(model, cfg, float(decay))
+
+    def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
+        if batch is None:
+            raise RuntimeError("every video of a training batch failed to decode (data.on_error=skip); "
+                               "check the [video] skipping messages above")
+        x, y = batch
+        if self._loss is None:
+            self._mixup = build_mixup(cfg.data, int(cfg.data.num_classes))
+            self._loss = build_loss(cfg.data)
+        if self._mixup is not None:
+            if x.shape[0] % 2:  # timm's Mixup needs an even batch; a skipped video can make it odd
+                x, y = x[:-1], y[:-1]
+            # timm's Mixup mixes (B, C, H, W); fold time into channels so one box covers every frame.
+            b, c, t, h, w = x.shape
+            x, y = self._mixup(x.reshape(b, c * t, h, w), y)
+            x = x.reshape(b, c, t, h, w)
+        return self._loss(model(x).float(), y)
+
+    def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, Tensor]:
+        if batch is None:
+            return {}
+        x, y = batch
+        if x.ndim == 6:  # (B, V, C, T, H, W): average the views' class probabilities
+            b, v = x.shape[:2]
+            probs = model(x.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1)
+            logits = probs.clamp_min(1e-12).log()
+        else:
+            logits = model(x).float()
+        sums = topk_sums(logits, y, ks=(1, 5), loss=F.cross_entropy(logits, y, reduction="none"))
+        n = logits.shape[-1]
+        hit = (logits.argmax(-1) == y).double()
+        sums["class_correct"] = torch.zeros(n, dtype=torch.float64, device=y.device).index_add_(0, y, hit)
+        sums["class_count"] = torch.bincount(y, minlength=n).double()
+        return sums
+
+    def _class_key(self, i: int) -> str:
+        names = self._classes or []
+        if i >= len(names):
+            return f"{i:02d}"
+        slug = "".join(c if c.isalnum() else "_" for c in names[i].split("(")[0].strip().lower())
+        return f"{i:02d}_{slug}"
+
+    def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
+        out = classification_finalize({k: v for k, v in sums.items() if not k.startswith("class_")})
+        if "class_count" in sums:
+            cnt, cor = sums["class_count"], sums["class_correct"]
+            seen = cnt > 0
+            out["mean_class_acc"] = float(100.0 * (cor[seen] / cnt[seen]).mean())
+            if len(cnt) <= 50:  # per-class numbers for small label sets (SSv2's 174 stay in mean_class_acc)
+                out.update({f"class_acc/{self._class_key(i)}": float(100.0 * cor[i] / cnt[i])
+                            for i in range(len(cnt)) if cnt[i] > 0})
+        return out
