@@ -1,3 +1,4 @@
 """Tasks register themselves with the engine on import."""
 from . import image  # noqa: F401
 from . import image_cluttered  # noqa: F401
+from . import motion  # noqa: F401
