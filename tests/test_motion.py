@@ -160,21 +160,22 @@ def test_generated_scenes_deterministic_and_multimodal(tmp_path: Path) -> None:
     for ta, tb in zip(a["tracks"], b["tracks"]):
         np.testing.assert_array_equal(ta["pos"], tb["pos"])
     assert generate_scene(12)["tracks"][0]["pos"][0].tolist() != a["tracks"][0]["pos"][0].tolist()
-    # Same seed, different manoeuvre: identical history, futures that end far apart
-    ends = {}
-    for m in ("straight", "left", "right"):
-        try:
-            sc = generate_scene(5, layout="intersection", maneuver=m)
-        except ValueError:
-            continue  # a T-junction lacks one manoeuvre
-        s = to_scene(sc)
-        ends[m] = vectorize(s)["target"][-1]
-        hist = sc["tracks"][0]["pos"][:OBS_STEPS]
-        ends.setdefault("hist", hist)
-        np.testing.assert_array_equal(hist, ends["hist"])
-    finals = [v for k, v in ends.items() if k != "hist"]
-    assert len(finals) >= 2
-    assert min(float((p - q).norm()) for i, p in enumerate(finals) for q in finals[i + 1:]) > 5.0
+    # Same seed, different manoeuvre: identical history, futures (6 s) that end far apart
+    apart = 0
+    for seed in range(10):
+        ends, hist0 = [], None
+        for m in ("straight", "left", "right"):
+            try:
+                sc = generate_scene(seed, layout="intersection", maneuver=m)
+            except ValueError:
+                continue  # a T-junction lacks one manoeuvre
+            hist = sc["tracks"][0]["pos"][:OBS_STEPS]
+            hist0 = hist if hist0 is None else hist0
+            np.testing.assert_array_equal(hist, hist0)
+            ends.append(vectorize(to_scene(sc), future=60)["target"][-1])
+        assert len(ends) >= 2
+        apart += min(float((p - q).norm()) for i, p in enumerate(ends) for q in ends[i + 1:]) > 5.0
+    assert apart >= 8
     # sampled manoeuvres at intersections: at least two distinct modes, with lateral ends on both sides
     picks = [generate_scene(s, layout="intersection") for s in range(30)]
     assert len({p["maneuver"] for p in picks}) >= 2
@@ -275,19 +276,19 @@ def test_training_steps_lower_the_loss(smol_blocks) -> None:
     batch = collate_motion([vectorize(to_scene(generate_scene(s)), max_lanes=10, max_agents=4) for s in range(8)])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(30):
         out = model(batch)
         loss = wta_loss(out["traj"], out["logits"], batch["target"])
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
-    assert losses[-1] < 0.5 * losses[0], losses
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
 
 
 def test_task_trains_evaluates_and_plots(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    over = [f"data.root={tmp_path / 'synth'}", "data.num_train=24", "data.num_val=8", "data.max_lanes=8",
+    over = [f"data.root={tmp_path / 'synth'}", "data.num_train=16", "data.num_val=4", "data.max_lanes=8",
             "batch_size=8", "epochs=1", f"run_dir={run}", "progress=false", "model.lm.variant=mlp"]
     cfg = load_config(CONFIG, over)
     metrics = train(cfg)
@@ -297,7 +298,7 @@ def test_task_trains_evaluates_and_plots(tmp_path: Path) -> None:
     assert again["minFDE_6"] == pytest.approx(metrics["minFDE_6"], rel=1e-6)
     # the split was cached as one tensor file and reloads identically
     ds1 = build_motion_dataset(cfg.data, "val")
-    assert len(list((tmp_path / "synth").glob("val_*.pt"))) == 1 and len(ds1) == 8
+    assert len(list((tmp_path / "synth").glob("val_*.pt"))) == 1 and len(ds1) == 4
     from frozenlm.tasks.motion_plot import main as plot_main
     plot_main([str(run), "--out", str(tmp_path / "p.png"), "--indices", "0,1"])
     assert (tmp_path / "p.png").stat().st_size > 10_000

@@ -372,17 +372,18 @@ def build_motion_dataset(cfg: Any, split: str) -> Optional[MotionDataset]:
     kw = _vec_kwargs(cfg)
     skip = bool(cfg.get("skip_invalid", False))
     if name == "synth":
-        from .motion_synth import generate_split
+        from .motion_synth import GENERATOR_VERSION, generate_split
         n = {"train": cfg.get("num_train", 2000), "val": cfg.get("num_val", 400), "test": cfg.get("num_val", 400)}
         if split not in n:
             return None
         root = Path(cfg.get("root") or "~/.cache/frozenlm/motion_synth").expanduser()
         seed = int(cfg.get("synth_seed", 0)) * 10 + {"train": 0, "val": 1, "test": 2}[split]
-        key = hashlib.sha1(json.dumps([name, split, n[split], seed, kw], sort_keys=True).encode()).hexdigest()[:10]
+        key = hashlib.sha1(json.dumps([name, split, n[split], seed, kw, GENERATOR_VERSION],
+                                     sort_keys=True).encode()).hexdigest()[:10]
         cache = root / f"{split}_{key}.pt"
         ds = _cache_load(cache)
         if ds is None:
-            dirs = generate_split(root / f"{split}_s{seed}", int(n[split]), seed)
+            dirs = generate_split(root / f"{split}_s{seed}_v{GENERATOR_VERSION}", int(n[split]), seed)
             samples, ids = _vectorize_all(dirs, read_av2_scenario, kw, skip, f"reading synth {split}")
             ds = MotionDataset(samples, ids)
             _cache_save(cache, ds)

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+GENERATOR_VERSION = 2  # bump when scenes change: caches and scene folders are keyed on it
 OBS_STEPS, TOTAL_STEPS, DT = 50, 110, 0.1  # Argoverse 2: 5 s observed + 6 s future at 10 Hz
 LANE_WIDTH = 3.6
 LAYOUTS = ("intersection", "straight", "curve")
@@ -254,7 +255,8 @@ def generate_scene(seed: int, layout: Optional[str] = None, maneuver: Optional[s
         path = g.route_path(route["ids"])
         v = _speed_profile(rng, rng.uniform(5.0, 12.0), vmax=14.0)
         s_t0 = route["s_entry"] - rng.uniform(2.0, 15.0)
-        cap = (route["s_entry"], rng.uniform(5.0, 8.0)) if chosen != "straight" else None
+        v_turn = rng.uniform(5.0, 8.0)  # drawn for every manoeuvre so later draws do not depend on it
+        cap = (route["s_entry"], v_turn) if chosen != "straight" else None
         pos, head = _drive(path, v, s_t0, cap)
     else:
         route = g.routes[int(rng.integers(len(g.routes)))]
