@@ -7,6 +7,7 @@ and social constructor in one stack; padded tokens masked), the LMLayer processe
 learnable proposal queries, each added to the focal agent's token, cross-attend to the tokens in
 a transformer decoder. Each proposal gives a trajectory and a score; training is winner-takes-all
 regression + score classification (the original's region-based training is not reproduced).
+Coordinates are scaled and trajectories decoded as in :mod:`frozenlm.models.vectornet`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..data.motion import FEATURES
 from ..layer import LMLayer
 from .lm_spec import make_lm_layer
 from .registry import register_model
-from .vectornet import POSITIONS, PolylineEncoder, _check_future
+from .vectornet import POSITIONS, PolylineEncoder, _check_future, scale_coordinates, to_trajectory
 
 
 class MMTransformer(nn.Module):
@@ -27,7 +28,7 @@ class MMTransformer(nn.Module):
 
     def __init__(self, lm_layer: LMLayer, hidden: int = 64, subgraph_depth: int = 3, enc_layers: int = 2,
                  dec_layers: int = 2, heads: int = 4, future: int = 30, modes: int = 6, position: str = "tail",
-                 in_dim: int = FEATURES) -> None:
+                 in_dim: int = FEATURES, coord_scale: float = 10.0) -> None:
         super().__init__()
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
@@ -47,7 +48,7 @@ class MMTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.traj = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, future * 2))
         self.score = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
-        self.future, self.modes = future, modes
+        self.future, self.modes, self.coord_scale = future, modes, coord_scale
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -57,7 +58,7 @@ class MMTransformer(nn.Module):
     def tokens(self, batch: dict[str, Tensor]) -> Tensor:
         """Tokens after the context encoder and the LMLayer: (B, P, D)."""
         pad = batch["poly_pad"]
-        x = self.encoder(batch["vectors"], batch["vector_mask"])
+        x = self.encoder(scale_coordinates(batch["vectors"], self.coord_scale), batch["vector_mask"])
         if self.position == "head":
             x = self.lm_layer(x, padding_mask=pad)
         x = self.context(x, src_key_padding_mask=pad)
@@ -71,7 +72,8 @@ class MMTransformer(nn.Module):
         q = self.queries.unsqueeze(0) + x[:, :1]
         h = self.norm(self.decoder(q, x, memory_key_padding_mask=batch["poly_pad"]))
         b = x.shape[0]
-        return {"traj": self.traj(h).view(b, self.modes, self.future, 2), "logits": self.score(h).squeeze(-1)}
+        traj = to_trajectory(self.traj(h), self.future, self.coord_scale)
+        return {"traj": traj, "logits": self.score(h).squeeze(-1)}
 
 
 @register_model("mmtransformer")

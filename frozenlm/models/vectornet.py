@@ -6,7 +6,8 @@ self-attention layer over the polyline tokens, with a key padding mask. The LMLa
 the frozen LM block with its two linear maps) processes all polyline tokens with the same
 padding mask, at `position` "tail" (after the global graph, right before the decoder, as in the
 paper) or "head" (before the global graph). The head reads the focal agent's token (index 0)
-and predicts K trajectories with scores.
+and predicts K trajectories with scores. Coordinates enter in units of `coord_scale` metres and
+trajectories are predicted as cumulative per-step displacements (both make short schedules train).
 """
 from __future__ import annotations
 
@@ -60,7 +61,11 @@ class PolylineEncoder(nn.Module):
 
 
 class GlobalGraph(nn.Module):
-    """One self-attention layer over polyline tokens (VectorNet's global interaction graph)."""
+    """One self-attention layer over polyline tokens (VectorNet's global interaction graph).
+
+    With a residual connection (as common re-implementations add): without it the focal token is
+    replaced by an attention average and its own motion is diluted, which trains far slower.
+    """
 
     def __init__(self, dim: int, heads: int = 1) -> None:
         super().__init__()
@@ -68,15 +73,25 @@ class GlobalGraph(nn.Module):
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
         """x (B, P, D), pad (B, P) True = padded polyline; padded keys are never attended to."""
-        return self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]
+        return x + self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]
+
+
+def scale_coordinates(vectors: Tensor, scale: float) -> Tensor:
+    """Divide the 4 coordinate features by `scale` metres so they are O(1) like the flags."""
+    return torch.cat([vectors[..., :4] / scale, vectors[..., 4:]], -1)
+
+
+def to_trajectory(raw: Tensor, future: int, scale: float) -> Tensor:
+    """(..., future*2) per-step displacements in units of `scale` m -> positions (..., future, 2) in m."""
+    return raw.unflatten(-1, (future, 2)).cumsum(-2) * scale
 
 
 class MultiModalHead(nn.Module):
     """MLP from one token to K trajectories (K, T, 2) and K score logits."""
 
-    def __init__(self, dim: int, future: int, modes: int, hidden: int = 128) -> None:
+    def __init__(self, dim: int, future: int, modes: int, hidden: int = 128, scale: float = 10.0) -> None:
         super().__init__()
-        self.future, self.modes = future, modes
+        self.future, self.modes, self.scale = future, modes, scale
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.ReLU())
         self.traj = nn.Linear(hidden, modes * future * 2)
         self.score = nn.Linear(hidden, modes)
@@ -84,14 +99,15 @@ class MultiModalHead(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """x (B, D) -> {"traj": (B, K, T, 2), "logits": (B, K)}."""
         h = self.mlp(x)
-        return {"traj": self.traj(h).view(-1, self.modes, self.future, 2), "logits": self.score(h)}
+        traj = to_trajectory(self.traj(h).view(-1, self.modes, self.future * 2), self.future, self.scale)
+        return {"traj": traj, "logits": self.score(h)}
 
 
 class VectorNet(nn.Module):
     """VectorNet: polyline subgraphs -> global graph -> (LMLayer) -> K-mode trajectory head."""
 
     def __init__(self, lm_layer: LMLayer, hidden: int = 64, subgraph_depth: int = 3, future: int = 30,
-                 modes: int = 6, position: str = "tail", in_dim: int = FEATURES) -> None:
+                 modes: int = 6, position: str = "tail", in_dim: int = FEATURES, coord_scale: float = 10.0) -> None:
         super().__init__()
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
@@ -101,12 +117,13 @@ class VectorNet(nn.Module):
             raise ValueError(f"LMLayer in_dim {lm_layer.in_dim} does not match the token width {dim}")
         self.global_graph = GlobalGraph(dim)
         self.lm_layer, self.position = lm_layer, position
-        self.head = MultiModalHead(dim, future, modes)
+        self.coord_scale = coord_scale
+        self.head = MultiModalHead(dim, future, modes, scale=coord_scale)
 
     def tokens(self, batch: dict[str, Tensor]) -> Tensor:
         """Polyline tokens after the global graph and the LMLayer: (B, P, D)."""
         pad = batch["poly_pad"]
-        x = self.encoder(batch["vectors"], batch["vector_mask"])
+        x = self.encoder(scale_coordinates(batch["vectors"], self.coord_scale), batch["vector_mask"])
         if self.position == "head":
             x = self.lm_layer(x, padding_mask=pad)
         x = self.global_graph(x, pad)

@@ -21,6 +21,11 @@ def motion_model_kwargs(cfg: Any) -> dict[str, Any]:
     return m
 
 
+def _loss_args(cfg: Any) -> tuple[float, float]:
+    loss = cfg.get("loss") or {}
+    return float(loss.get("cls_weight", 1.0)), float(loss.get("relax", 0.0))
+
+
 @register_task("motion")
 class MotionForecasting(Task):
     """Predict the focal agent's future (K modes + scores); metrics minADE/minFDE/MR at K=1 and 6."""
@@ -43,14 +48,13 @@ class MotionForecasting(Task):
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         out = model(batch)
-        return wta_loss(out["traj"].float(), out["logits"].float(), batch["target"],
-                        float(cfg.get("loss", {}).get("cls_weight", 1.0)))
+        return wta_loss(out["traj"].float(), out["logits"].float(), batch["target"], *_loss_args(cfg))
 
     def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, Tensor]:
         out = model(batch)
         traj, logits = out["traj"].float(), out["logits"].float()
         sums = forecast_sums(traj, logits, batch["target"])
-        per = wta_loss(traj, logits, batch["target"], float(cfg.get("loss", {}).get("cls_weight", 1.0)))
+        per = wta_loss(traj, logits, batch["target"], *_loss_args(cfg))
         sums["loss_sum"] = per.detach().double() * len(traj)
         return sums
 

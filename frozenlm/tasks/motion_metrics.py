@@ -16,15 +16,18 @@ from torch import Tensor
 MISS_THRESHOLD = 2.0
 
 
-def wta_loss(traj: Tensor, logits: Tensor, target: Tensor, cls_weight: float = 1.0) -> Tensor:
+def wta_loss(traj: Tensor, logits: Tensor, target: Tensor, cls_weight: float = 1.0, relax: float = 0.0) -> Tensor:
     """Winner-takes-all: smooth-L1 on the mode closest to the ground truth (by ADE) + CE on its score.
 
-    traj (B, K, T, 2), logits (B, K), target (B, T, 2) -> scalar.
+    traj (B, K, T, 2), logits (B, K), target (B, T, 2) -> scalar. `relax` > 0 is the relaxed WTA of
+    Rupprecht et al. (2017): the winner gets weight 1 - relax and every mode relax / K, so modes that
+    never win early still move toward the data instead of staying where they were initialised.
     """
     ade = (traj - target[:, None]).norm(dim=-1).mean(-1)  # (B, K)
     best = ade.argmin(-1)
-    winner = traj[torch.arange(len(traj), device=traj.device), best]
-    reg = F.smooth_l1_loss(winner, target)
+    per_mode = F.smooth_l1_loss(traj, target[:, None].expand_as(traj), reduction="none").mean((-1, -2))  # (B, K)
+    winner = per_mode.gather(1, best[:, None])[:, 0]
+    reg = ((1.0 - relax) * winner + relax * per_mode.mean(-1)).mean()
     return reg + cls_weight * F.cross_entropy(logits, best)
 
 
