@@ -1,0 +1,62 @@
+"""Motion forecasting: VectorNet / mmTransformer-style predictors (+LMLayer) on Argoverse or generated scenes."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..data.motion import MotionDataset, build_motion_dataset, collate_motion
+from ..engine.task import Task, register_task
+from ..models import create_model
+from .motion_metrics import forecast_finalize, forecast_sums, wta_loss
+
+
+def motion_model_kwargs(cfg: Any) -> dict[str, Any]:
+    """`create_model` arguments from `model:` (name excluded); `future` defaults to data.future."""
+    m = dict(cfg.model)
+    m.pop("name")
+    if m.get("future") is None:
+        m["future"] = int(cfg.data.get("future", 30))
+    return m
+
+
+def _loss_args(cfg: Any) -> tuple[float, float]:
+    loss = cfg.get("loss") or {}
+    return float(loss.get("cls_weight", 1.0)), float(loss.get("relax", 0.0))
+
+
+@register_task("motion")
+class MotionForecasting(Task):
+    """Predict the focal agent's future (K modes + scores); metrics minADE/minFDE/MR at K=1 and 6."""
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        return create_model(cfg.model.name, **motion_model_kwargs(cfg))
+
+    def build_dataset(self, cfg: Any, split: str) -> Optional[MotionDataset]:
+        ds = build_motion_dataset(cfg.data, split)
+        if ds is not None:
+            t = ds[0]["target"].shape[0]
+            want = motion_model_kwargs(cfg)["future"]
+            if t != want:
+                raise ValueError(f"data ({split}) has {t}-step futures but model.future is {want}; "
+                                 "set model.future to data.future (or leave it null)")
+        return ds
+
+    def collate_fn(self, cfg: Any, split: str) -> Callable:
+        return collate_motion
+
+    def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
+        out = model(batch)
+        return wta_loss(out["traj"].float(), out["logits"].float(), batch["target"], *_loss_args(cfg))
+
+    def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, Tensor]:
+        out = model(batch)
+        traj, logits = out["traj"].float(), out["logits"].float()
+        sums = forecast_sums(traj, logits, batch["target"])
+        per = wta_loss(traj, logits, batch["target"], *_loss_args(cfg))
+        sums["loss_sum"] = per.detach().double() * len(traj)
+        return sums
+
+    def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
+        return forecast_finalize(sums)
