@@ -1,3 +1,5 @@
 """Tasks register themselves with the engine on import."""
 from . import image  # noqa: F401
 from . import image_cluttered  # noqa: F401
+from . import vqa  # noqa: F401
+from . import retrieval  # noqa: F401
