@@ -4,7 +4,7 @@ built from each easy-VQA image's own question/answer pairs ("a blue circle").
 Training items are (image, one of its captions) pairs. Evaluation items are images; the captions
 of the split form a text bank (``dataset.texts``) and ``dataset.image_texts[i]`` lists the texts
 that describe image i. Relevance is by caption string, so identical captions of different images
-count as matches in both directions (easy-VQA has only 21 distinct captions).
+count as matches in both directions (easy-VQA has only 24 distinct captions).
 """
 from __future__ import annotations
 
@@ -47,19 +47,28 @@ class RetrievalDataset(Dataset):
         return {"image": self.transform(load_image(self.images[k])), "index": k}
 
 
+EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
+EASY_VQA_COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
+
+
 def easy_vqa_captions(qs: list[tuple[str, str, int]]) -> dict[int, str]:
-    """'a <colour> <shape>' per image id, from its 'what color is the ...' and 'what is the ...' answers."""
+    """'a <colour> <shape>' per image id, from its own QA pairs. A 'what ...' pair names its answer and
+    presupposes the colour/shape words of its question ("what color is the triangle?" blue); a yes/no
+    question names its colour/shape when affirmed ("is there a red shape?" yes, "is there not a red shape?" no)."""
     colour: dict[int, str] = {}
     shape: dict[int, str] = {}
     for q, a, img in qs:
-        if q.startswith("what color"):
-            colour[img] = a
-        elif q.startswith("what is the") or q.startswith("what shape"):
-            shape[img] = a
-    missing = sorted(set(colour) ^ set(shape))
-    if missing:
-        raise ValueError(f"easy-VQA images {missing[:5]} lack a colour or a shape question; cannot caption them")
-    return {i: f"a {colour[i]} {shape[i]}" for i in sorted(colour)}
+        words = q.rstrip("?").split()
+        named = [w for w in words if w in EASY_VQA_COLOURS or w in EASY_VQA_SHAPES]
+        if a in ("yes", "no"):
+            if (a == "yes") == ("not" in words or "no" in words):
+                continue  # denied: says what the image does not show
+        else:
+            named.append(a)
+        for w in named:
+            (shape if w in EASY_VQA_SHAPES else colour)[img] = w
+    # Images whose pairs never name both (a few percent) get no caption and are left out of retrieval.
+    return {i: f"a {colour[i]} {shape[i]}" for i in sorted(set(colour) & set(shape))}
 
 
 def build_easy_vqa_captions(cfg: Any, split: str) -> RetrievalDataset:

@@ -218,13 +218,15 @@ def subset(items: list, n: int | None, seed: int | None) -> list:
 
 
 def build_easy_vqa(cfg: Any, split: str) -> VQADataset:
-    """easy-VQA questions as single-answer VQA records (unknown answers are an error)."""
+    """easy-VQA questions as VQA records with 10 identical answers (unknown answers are an error)."""
     qs, images = read_easy_vqa(easy_vqa_split(split), cfg.get("root"))
     records = []
     for q, a, img_id in qs:
         if img_id not in images:
             raise FileNotFoundError(f"easy-VQA image {img_id}.png referenced by {q!r} is missing")
-        records.append({"image": images[img_id], "question": q, "answers": [a]})
+        # One answer per question: counted as 10 agreeing annotators, the VQAv2 convention, so the soft
+        # target and the official accuracy of the right answer are both 1.
+        records.append({"image": images[img_id], "question": q, "answers": [a] * 10})
     n = cfg.get("subset_train") if split == "train" else cfg.get("subset_val")
     records = subset(records, n, cfg.get("subset_seed"))
     tf = image_transform(int(cfg.img_size), EASY_VQA_MEAN, EASY_VQA_STD, split == "train")

@@ -62,7 +62,13 @@ def resolve_text_dir(source: str | Path) -> Path:
 def build_text_encoder(source: str | Path, num_layers: int | None = None) -> nn.Module:
     """Hugging Face encoder loaded offline (local_files_only); num_layers keeps only the first layers."""
     from transformers import AutoModel
-    enc = AutoModel.from_pretrained(str(resolve_text_dir(source)), local_files_only=True, add_pooling_layer=False)
+    from transformers.utils import logging as hf_logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused pooler weights would print a load report on every build
+    try:
+        enc = AutoModel.from_pretrained(str(resolve_text_dir(source)), local_files_only=True, add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(level)
     if num_layers:
         n = len(enc.encoder.layer)
         if not 1 <= num_layers <= n:
