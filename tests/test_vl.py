@@ -268,3 +268,20 @@ def test_vqa_and_retrieval_train_and_evaluate_through_the_engine(tmp_path: Path)
     again = evaluate(tmp_path / "ret")  # a fresh task object: the whole ranking is rebuilt
     assert again["IR@5"] == pytest.approx(r["IR@5"]) and again["TR@1"] == pytest.approx(r["TR@1"])
     assert json.loads((tmp_path / "vqa" / "metrics.json").read_text())["final"]["overall"] == pytest.approx(v["overall"])
+    from frozenlm.analysis.cli import main_analyze
+    res = main_analyze([str(tmp_path / "vqa"), f"out={tmp_path / 'an'}", "n=8", "figures=1", "batch=8"])
+    assert set(res["vqa"]) == {"fused/mag", "fused/freq"}  # baseline: no sandwich stages
+    assert all(0.0 <= x <= 1.0 for x in res["vqa"].values()) and (tmp_path / "an" / "vqa" / "overlay_000.png").is_file()
+
+
+def test_vl_analysis_stages_and_shape_masks(meter: torch.nn.Module) -> None:
+    from frozenlm.analysis.vl import capture_vl_stages, shape_masks
+    img = torch.full((1, 3, 64, 64), 0.9)
+    img[:, 0, 16:32, 8:40] = 0.1  # a dark-red rectangle on a light background
+    masks = shape_masks((img - 0.5) / 0.5)
+    assert int(masks.sum()) == 16 * 32 and int(masks[0, 20, 10]) == 1 and int(masks[0, 0, 0]) == 0
+    enc = TextCollate("minilm-l6", 16).tokenize(["what shape is it?"])
+    stages, out = capture_vl_stages(meter.eval(), (img - 0.5) / 0.5, enc["input_ids"], enc["attention_mask"])
+    assert list(stages) == ["fused", "F_L1", "attn_half", "block", "F_L2"]
+    assert stages["F_L1"].shape == (1, 17, 576) and stages["fused"].shape == (1, 17, 64)
+    torch.testing.assert_close(stages["F_L2"], out["image_tokens"])  # what the pooler reads
