@@ -8,6 +8,8 @@ method.md section 5 on the same images for every model, and writes under `out`:
 Other keys: seed=0 (dataset seed), figures=4 (overlays per model), batch=16, device=cpu,
 clutter=standard|matched (matched: clutter as bright as the item). Every table also has two
 references on the same tokens: ref_brightness (mean pixel value per patch) and ref_random.
+METER-style VQA checkpoints (task vqa on easy_vqa) are analysed on easy-VQA val questions instead:
+maps of the fused visual tokens per stage, mIoU against the exact shape masks (frozenlm.analysis.vl).
 """
 from __future__ import annotations
 
@@ -146,7 +148,11 @@ def main_analyze(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, fl
     for c in ckpts:
         model, cfg, path = load_model(c, opts["device"])
         label = _label(path, taken)
-        results[label] = analyze_model(model, cfg, opts, out_dir, label)
+        if hasattr(model, "fusion"):  # METER-style VL model: fused visual tokens, easy-VQA shape masks
+            from .vl import analyze_vl
+            results[label] = analyze_vl(model, cfg, opts, out_dir, label)
+        else:
+            results[label] = analyze_model(model, cfg, opts, out_dir, label)
         print(f"{label}: " + " ".join(f"{k}={100 * v:.1f}" for k, v in results[label].items()))
     write_table(results, out_dir)
     if len(results) > 1:

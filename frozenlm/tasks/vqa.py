@@ -1,0 +1,58 @@
+"""VQA (METER + LMLayer): VQAv2 or offline easy-VQA; metric `overall` = official VQA accuracy (%)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.vqa import build_vqa_dataset
+from ..engine.task import Task, register_task
+from .vl_common import build_vl_model, text_collate, vl_param_groups
+
+
+def vqa_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """METER's VQA loss: binary cross-entropy against the soft scores, times the number of answers."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float()) * target.shape[1]
+
+
+@register_task("vqa")
+class VQATask(Task):
+    """Answer classification over a fixed vocabulary with soft targets."""
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        n = cfg.model.get("num_answers")
+        if not n:
+            raise ValueError("model.num_answers must be set for the vqa task (13 for easy-VQA, 3129 for VQAv2)")
+        return build_vl_model(cfg, int(n))
+
+    def build_dataset(self, cfg: Any, split: str) -> Any:
+        ds = build_vqa_dataset(cfg.data, split)
+        if len(ds.vocab) != int(cfg.model.num_answers):
+            raise ValueError(f"{cfg.data.name} ({split}) has {len(ds.vocab)} answers but model.num_answers is "
+                             f"{cfg.model.num_answers}; set model.num_answers={len(ds.vocab)}")
+        return ds
+
+    def collate_fn(self, cfg: Any, split: str) -> Callable:
+        return text_collate(cfg)
+
+    def param_groups(self, model: nn.Module, cfg: Any) -> list[dict]:
+        return vl_param_groups(model, cfg)
+
+    def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
+        out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        return vqa_loss(out["vqa_logits"], batch["target"])
+
+    def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, Tensor]:
+        logits = model(batch["images"], batch["input_ids"], batch["attention_mask"])["vqa_logits"]
+        loss = F.binary_cross_entropy_with_logits(logits, batch["target"].float(), reduction="none").sum(1)
+        acc = batch["score"].gather(1, logits.argmax(1, keepdim=True)).squeeze(1)
+        return {"score_sum": acc.double().sum(), "count": torch.tensor(float(len(acc)), dtype=torch.float64),
+                "loss_sum": loss.double().sum()}
+
+    def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
+        n = float(sums["count"])
+        if n == 0:
+            raise ValueError("no VQA evaluation samples were seen (empty dataset?)")
+        return {"overall": 100.0 * float(sums["score_sum"]) / n, "loss": float(sums["loss_sum"]) / n}
