@@ -158,6 +158,10 @@ def test_minilm_text_encoder() -> None:
     out = net(_scene(2, 64), s, q, ["i am by the red box.", "i face the door."], ["what is left?", "is it red?"])
     assert out["logits"].shape == (2, 7)
     assert not any(p.requires_grad for p in net.sit_enc.bert.parameters())
+    assert net.sit_enc.bert is net.q_enc.bert  # loaded once, shared
+    assert not any("bert" in k for k in net.state_dict())  # frozen MiniLM stays out of checkpoints
+    out["logits"].sum().backward()
+    assert net.q_enc.proj.weight.grad is not None and net.sit_enc.proj.weight.grad is not None
 
 
 # ---------------------------------------------------------------- SQA3D format
@@ -315,3 +319,16 @@ def cfg_overrides(cfg) -> list[str]:
             v = v[part]
         out.append(f"{k}={v}")
     return out
+
+
+def test_recipes_match_the_paper() -> None:
+    base = load_config("configs/sqa3d/sqa3d.yaml")
+    llama = load_config("configs/sqa3d/sqa3d_llama7b.yaml")
+    for c in (base, llama):
+        assert (c.epochs, c.batch_size, c.model.dim, c.optim.schedule) == (30, 32, 768, "step")
+        assert list(c.optim.milestones) == [10, 15, 20] and c.optim.gamma == 0.1
+        assert c.model.text_encoder == "lstm" and c.task == "sqa3d" and c.best_metric == "EM@1"
+    assert base.model.lm.variant == "none"
+    assert llama.model.lm.variant == "frozen" and list(llama.model.lm.layers) == [31]
+    offline = load_config("configs/sqa3d/rooms_ablation.yaml")
+    assert offline.data.name == "rooms3d" and offline.model.lm.source == "smollm2-135m"

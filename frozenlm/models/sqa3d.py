@@ -11,6 +11,7 @@ The paper uses VoteNet for the scene; a set-abstraction encoder in plain PyTorch
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -116,27 +117,39 @@ def minilm_dir() -> Path:
     return hits[0]
 
 
+@functools.lru_cache(maxsize=1)
+def _load_minilm() -> tuple[Any, nn.Module]:
+    from transformers import AutoModel, AutoTokenizer
+    path = minilm_dir()
+    bert = AutoModel.from_pretrained(path, local_files_only=True).requires_grad_(False).eval()
+    return AutoTokenizer.from_pretrained(path, local_files_only=True), bert
+
+
 class MiniLMTextEncoder(nn.Module):
-    """The shipped MiniLM (frozen, read with local_files_only) + a trainable projection to ``dim``."""
+    """The shipped MiniLM (frozen, read once with local_files_only) + a trainable projection to ``dim``.
+
+    The frozen encoder is kept outside the module tree, so it is shared by the situation and
+    question encoders and never lands in the optimizer or in training checkpoints.
+    """
 
     def __init__(self, dim: int, max_length: int = 32) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-        path = minilm_dir()
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.bert = AutoModel.from_pretrained(path, local_files_only=True).requires_grad_(False).eval()
-        self.proj = nn.Linear(self.bert.config.hidden_size, dim)
+        self.tokenizer, bert = _load_minilm()
+        self._bert = [bert]  # a list hides it from nn.Module registration
+        self.proj = nn.Linear(bert.config.hidden_size, dim)
         self.max_length = max_length
 
-    def train(self, mode: bool = True) -> "MiniLMTextEncoder":
-        super().train(mode)
-        self.bert.eval()  # frozen: no dropout
-        return self
+    @property
+    def bert(self) -> nn.Module:
+        """The shared frozen MiniLM."""
+        return self._bert[0]
 
     def forward(self, ids: Tensor, texts: Optional[Sequence[str]] = None) -> tuple[Tensor, Tensor, Tensor]:
         """Same outputs as :class:`LSTMTextEncoder`, from the raw ``texts``."""
         if texts is None:
             raise ValueError("the MiniLM text encoder needs the raw texts (batch keys situation_text/question_text)")
+        if next(self.bert.parameters()).device != ids.device:
+            self.bert.to(ids.device)
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(ids.device)
         with torch.no_grad():
@@ -207,8 +220,7 @@ class SQA3DNet(nn.Module):
         if text_encoder == "lstm":
             self.sit_enc, self.q_enc = LSTMTextEncoder(vocab_size, dim, word_dim), LSTMTextEncoder(vocab_size, dim, word_dim)
         elif text_encoder == "minilm":
-            self.sit_enc = MiniLMTextEncoder(dim)
-            self.q_enc = self.sit_enc  # one frozen MiniLM; distinct projections would not change much
+            self.sit_enc, self.q_enc = MiniLMTextEncoder(dim), MiniLMTextEncoder(dim)
         else:
             raise ValueError(f"model.text_encoder must be 'lstm' or 'minilm', got {text_encoder!r}")
         self.fusion = SituatedFusion(dim, heads, fusion_depth, dropout)
