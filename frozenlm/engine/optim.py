@@ -7,7 +7,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-__all__ = ["param_groups", "build_optimizer", "base_lr", "lr_at", "set_lr"]
+__all__ = ["param_groups", "build_optimizer", "base_lr", "lr_at", "step_lr", "schedule_lr", "set_lr"]
 
 
 def _no_decay_names(model: nn.Module, cfg: Any) -> set[str]:
@@ -82,6 +82,30 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, min_lr: f
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_lr(step: int, steps_per_epoch: int, warmup_steps: int, peak: float, milestones: Iterable[float],
+            gamma: float = 0.1, warmup_lr: float = 0.0) -> float:
+    """Step decay: linear warmup, then ``peak * gamma**k`` where k counts the ``milestones`` (epochs)
+    already reached (SQA3D's recipe: LR / 10 at epochs 10, 15 and 20)."""
+    if step < warmup_steps:
+        return warmup_lr + (peak - warmup_lr) * step / warmup_steps
+    epoch = step / max(1, steps_per_epoch)
+    return peak * gamma ** sum(epoch >= float(m) for m in milestones)
+
+
+def schedule_lr(optim_cfg: Any, step: int, total_steps: int, warmup_steps: int, steps_per_epoch: int,
+                peak: float) -> float:
+    """LR of ``optim.schedule``: ``cosine`` (default, :func:`lr_at`) or ``step`` (:func:`step_lr` with
+    ``optim.milestones`` and ``optim.gamma``)."""
+    kind = optim_cfg.get("schedule", "cosine") or "cosine"
+    warm = float(optim_cfg.get("warmup_lr", 0.0))
+    if kind == "cosine":
+        return lr_at(step, total_steps, warmup_steps, peak, float(optim_cfg.get("min_lr", 0.0)), warm)
+    if kind == "step":
+        return step_lr(step, steps_per_epoch, warmup_steps, peak, optim_cfg.get("milestones") or [],
+                       float(optim_cfg.get("gamma", 0.1)), warm)
+    raise ValueError(f"optim.schedule must be 'cosine' or 'step', got {kind!r}")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

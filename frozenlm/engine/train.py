@@ -28,7 +28,7 @@ from frozenlm.engine.distributed import (DistInfo, all_reduce_sums, broadcast_ob
                                          resolve_device, shutdown_distributed)
 from frozenlm.engine.ema import ModelEma
 from frozenlm.engine.logging import RunLogger
-from frozenlm.engine.optim import base_lr, build_optimizer, lr_at, param_groups, set_lr
+from frozenlm.engine.optim import base_lr, build_optimizer, param_groups, schedule_lr, set_lr
 from frozenlm.engine.precision import autocast, check_precision, make_scaler, resolve_precision
 from frozenlm.engine.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
 from frozenlm.engine.task import Task, get_task
@@ -303,8 +303,7 @@ class _Trainer:
                 self.task.set_epoch(epoch)
             it = iter(self.train_loader)
             while True:
-                lr = lr_at(self.step, self.total, self.warmup, self.peak_lr, float(cfg.optim.min_lr),
-                           float(cfg.optim.warmup_lr))
+                lr = schedule_lr(cfg.optim, self.step, self.total, self.warmup, self.spe, self.peak_lr)
                 loss_sum += self._train_step(it, lr)
                 loss_n += 1
                 self.step += 1

@@ -47,4 +47,4 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 def _import_families() -> None:
     # Model files register themselves on import; importing here keeps `create_model` self-contained.
-    from . import meter, mmtransformer, pointbert, vectornet, video_vit, vit  # noqa: F401
+    from . import meter, mmtransformer, pointbert, sqa3d, vectornet, video_vit, vit  # noqa: F401

@@ -1,0 +1,225 @@
+"""Situated 3D question answering data: the SQA3D release format and the offline generated rooms.
+
+SQA3D release (github.com/SilongYong/SQA3D, ``assets/data/sqa_task/balanced``), per split
+(train / val / test):
+
+- ``v1_balanced_questions_<split>_scannetv2.json``: ``{"questions": [{"question_id", "scene_id",
+  "situation", "question", ...}]}``
+- ``v1_balanced_sqa_annotations_<split>_scannetv2.json``: ``{"annotations": [{"question_id",
+  "scene_id", "answers": [{"answer", ...}], "position": {"x", "y", "z"},
+  "rotation": {"_x", "_y", "_z", "_w"}}]}``
+
+Point clouds are the user's: one file per ScanNet scene in ``data.scene_dir`` named
+``<scene_id>.npy`` / ``.npz`` (key ``points``, or ``xyz`` + ``rgb``) / ``.pth`` (a tensor or a dict
+with ``xyz`` and ``rgb``, read with ``torch.load(weights_only=True)``), holding (N, 6) xyz + rgb
+(rgb in [0, 1] or [0, 255]). Question types follow SQA3D's first-word rule.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .rooms3d import QUESTION_TYPES
+
+__all__ = ["PAD", "UNK", "tokenize", "question_type", "quaternion_yaw", "build_word_vocab", "build_answer_vocab",
+           "read_sqa3d_split", "load_scene_points", "SituatedQADataset", "rooms_to_samples"]
+
+PAD, UNK = "<pad>", "<unk>"
+SUFFIX = ("npy", "npz", "pth")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and digits (punctuation dropped)."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def question_type(question: str) -> str:
+    """SQA3D's breakdown: the question's first word if it is What/Is/How/Can/Which, else Others."""
+    words = tokenize(question)
+    first = words[0].capitalize() if words else ""
+    return first if first in QUESTION_TYPES[:-1] else "Others"
+
+
+def quaternion_yaw(q: dict[str, float]) -> float:
+    """Heading (rotation about z, radians) of an SQA3D rotation ``{"_x", "_y", "_z", "_w"}``."""
+    x, y, z, w = (float(q[k]) for k in ("_x", "_y", "_z", "_w"))
+    return math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+def build_word_vocab(texts: Sequence[str], min_count: int = 1) -> list[str]:
+    """Words of the training texts (frequency order, ties alphabetical) after PAD (0) and UNK (1)."""
+    counts = Counter(w for t in texts for w in tokenize(t))
+    return [PAD, UNK] + sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+
+
+def build_answer_vocab(answers: Sequence[str], max_answers: Optional[int] = None) -> list[str]:
+    """Training answers, most frequent first (ties alphabetical), optionally the top ``max_answers``."""
+    counts = Counter(a.strip().lower() for a in answers)
+    vocab = sorted(counts, key=lambda a: (-counts[a], a))
+    return vocab[:max_answers] if max_answers else vocab
+
+
+def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"SQA3D file not found: {path} (set data.root to the folder holding the "
+                                "v1_balanced_*_scannetv2.json files of the SQA3D release)")
+    with path.open() as f:
+        obj = json.load(f)
+    if key not in obj:
+        raise ValueError(f"{path}: expected a top-level {key!r} list, found keys {sorted(obj)}")
+    return obj[key]
+
+
+def read_sqa3d_split(root: str | Path, split: str) -> list[dict[str, Any]]:
+    """Samples of one split: question_id, scene_id, situation, question, answer, type, position (3,),
+    yaw (radians), joined on question_id."""
+    root = Path(root).expanduser()
+    qs = _read_json(root / f"v1_balanced_questions_{split}_scannetv2.json", "questions")
+    ann_path = root / f"v1_balanced_sqa_annotations_{split}_scannetv2.json"
+    anns = {a["question_id"]: a for a in _read_json(ann_path, "annotations")}
+    out = []
+    for q in qs:
+        a = anns.get(q["question_id"])
+        if a is None:
+            raise ValueError(f"{ann_path}: no annotation for question_id {q['question_id']} "
+                             f"(scene {q.get('scene_id')}); the questions and annotations files do not match")
+        if not a.get("answers"):
+            raise ValueError(f"{ann_path}: question_id {q['question_id']} has no answers")
+        pos = a.get("position", {"x": 0.0, "y": 0.0, "z": 0.0})
+        rot = a.get("rotation", {"_x": 0.0, "_y": 0.0, "_z": 0.0, "_w": 1.0})
+        out.append({"question_id": q["question_id"], "scene_id": q["scene_id"], "situation": q["situation"],
+                    "question": q["question"], "answer": a["answers"][0]["answer"].strip().lower(),
+                    "type": question_type(q["question"]),
+                    "position": [float(pos["x"]), float(pos["y"]), float(pos["z"])], "yaw": quaternion_yaw(rot)})
+    return out
+
+
+def load_scene_points(path: str | Path) -> np.ndarray:
+    """(N, 6) float32 xyz + rgb in [0, 1] from a .npy / .npz / .pth scene file (see module doc)."""
+    path = Path(path)
+    suffix = path.suffix.lstrip(".")
+    if suffix == "npy":
+        arr = np.load(path, allow_pickle=False)
+    elif suffix == "npz":
+        with np.load(path, allow_pickle=False) as f:
+            if "points" in f:
+                arr = f["points"]
+            elif "xyz" in f and "rgb" in f:
+                arr = np.concatenate([f["xyz"], f["rgb"]], -1)
+            else:
+                raise ValueError(f"{path}: expected key 'points' or keys 'xyz' and 'rgb', found {sorted(f.files)}")
+    elif suffix == "pth":
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+        if isinstance(obj, dict):
+            if "xyz" not in obj or "rgb" not in obj:
+                raise ValueError(f"{path}: a dict scene needs 'xyz' and 'rgb' entries, found {sorted(obj)}")
+            obj = torch.cat([torch.as_tensor(obj["xyz"]).float(), torch.as_tensor(obj["rgb"]).float()], -1)
+        arr = torch.as_tensor(obj).numpy()
+    else:
+        raise ValueError(f"{path}: unsupported scene file type {path.suffix!r}; use one of {SUFFIX}")
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] < 6:
+        raise ValueError(f"{path}: expected an (N, 6) xyz+rgb array, got shape {arr.shape}")
+    arr = arr[:, :6].copy()
+    if arr.shape[0] and arr[:, 3:].max() > 1.0:
+        arr[:, 3:] /= 255.0  # ScanNet colours are stored as 0..255
+    return arr
+
+
+def rooms_to_samples(scenes: list[dict[str, Any]], prefix: str = "room") -> list[dict[str, Any]]:
+    """Flatten generated room records (frozenlm.data.rooms3d) into the sample dicts used here."""
+    out = []
+    for i, s in enumerate(scenes):
+        for j, q in enumerate(s["questions"]):
+            out.append({"question_id": f"{prefix}{i}_{j}", "scene_id": i, "situation": s["situation"],
+                        "question": q["question"], "answer": q["answer"], "type": q["type"],
+                        "position": [*s["position"], 0.0], "yaw": float(s["theta"])})
+    return out
+
+
+def _encode(text: str, index: dict[str, int], length: int) -> torch.Tensor:
+    ids = [index.get(w, 1) for w in tokenize(text)][:length] or [1]  # an empty text reads as one UNK
+    return torch.tensor(ids + [0] * (length - len(ids)), dtype=torch.long)
+
+
+class SituatedQADataset(Dataset):
+    """(scene points, situation, question) -> answer samples.
+
+    ``scene_points(scene_id)`` returns an (N, 6) array. Answers outside ``answers`` (possible on
+    val/test) get label -1: they count as wrong in EM and are tallied in ``unknown_answers``.
+    Training draws a random ``num_points`` subset per access; evaluation a fixed one.
+    """
+
+    def __init__(self, samples: list[dict[str, Any]], scene_points: Callable[[Any], np.ndarray], words: list[str],
+                 answers: list[str], num_points: int, max_situation_len: int = 24, max_question_len: int = 16,
+                 train: bool = False) -> None:
+        self.samples, self.scene_points, self.words, self.answers = samples, scene_points, words, answers
+        self.word_index = {w: i for i, w in enumerate(words)}
+        self.answer_index = {a: i for i, a in enumerate(answers)}
+        self.num_points, self.train = int(num_points), train
+        self.max_situation_len, self.max_question_len = max_situation_len, max_question_len
+        self.unknown_answers = sum(s["answer"] not in self.answer_index for s in samples)
+        self.skipped: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _points(self, scene_id: Any, index: int) -> torch.Tensor:
+        pts = self.scene_points(scene_id)
+        n = len(pts)
+        if self.train:
+            idx = np.random.choice(n, self.num_points, replace=n < self.num_points)
+        elif n >= self.num_points:
+            idx = np.linspace(0, n - 1, self.num_points).round().astype(np.int64)
+        else:
+            idx = np.random.default_rng(index).choice(n, self.num_points, replace=True)
+        return torch.from_numpy(pts[idx])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.samples[i]
+        return {"points": self._points(s["scene_id"], i),
+                "situation": _encode(s["situation"], self.word_index, self.max_situation_len),
+                "question": _encode(s["question"], self.word_index, self.max_question_len),
+                "answer": torch.tensor(self.answer_index.get(s["answer"], -1)),
+                "qtype": torch.tensor(QUESTION_TYPES.index(s["type"])),
+                "position": torch.tensor(s["position"], dtype=torch.float32),
+                "orientation": torch.tensor([math.cos(s["yaw"]), math.sin(s["yaw"])], dtype=torch.float32),
+                "situation_text": s["situation"], "question_text": s["question"]}
+
+
+def drop_bad_scenes(samples: list[dict[str, Any]], scene_dir: Path, on_missing: str = "error"
+                    ) -> tuple[list[dict[str, Any]], dict[Any, Path], dict[str, int]]:
+    """Locate every scene file; unknown scene ids (no file) and empty clouds raise (``on_missing=error``)
+    or are dropped with a warning and counted (``skip``). Returns (kept samples, files, counts)."""
+    if on_missing not in ("error", "skip"):
+        raise ValueError(f"data.on_missing must be 'error' or 'skip', got {on_missing!r}")
+    files: dict[Any, Path] = {}
+    bad: dict[str, list[str]] = {"unknown_scene": [], "empty_cloud": []}
+    for sid in sorted({s["scene_id"] for s in samples}):
+        hits = [scene_dir / f"{sid}.{ext}" for ext in SUFFIX if (scene_dir / f"{sid}.{ext}").is_file()]
+        if not hits:
+            bad["unknown_scene"].append(sid)
+        elif load_scene_points(hits[0]).shape[0] == 0:
+            bad["empty_cloud"].append(sid)
+        else:
+            files[sid] = hits[0]
+    counts = {k: sum(s["scene_id"] in set(v) for s in samples) for k, v in bad.items()}
+    if any(bad.values()):
+        msg = (f"{len(bad['unknown_scene'])} scene ids have no point-cloud file in {scene_dir} "
+               f"(expected <scene_id>.npy/.npz/.pth; first: {bad['unknown_scene'][:3]}), "
+               f"{len(bad['empty_cloud'])} scenes have empty point clouds (first: {bad['empty_cloud'][:3]}); "
+               f"{sum(counts.values())} questions affected")
+        if on_missing == "error":
+            raise ValueError(msg + ". Provide the files, or set data.on_missing=skip to drop and count them")
+        warnings.warn("skipping: " + msg)
+    kept = [s for s in samples if s["scene_id"] in files]
+    return kept, files, counts
