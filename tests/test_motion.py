@@ -218,6 +218,10 @@ def test_metrics_hand_computed_and_av2_parity() -> None:
     loss = wta_loss(modes, logits, gt, cls_weight=1.0)
     reg = torch.nn.functional.smooth_l1_loss(modes[0, 1], gt[0])
     assert float(loss) == pytest.approx(float(reg) - math.log(0.3), rel=1e-5)
+    # relaxed WTA: winner weight 1 - r, plus r x the mean over all modes
+    per = [float(torch.nn.functional.smooth_l1_loss(modes[0, k], gt[0])) for k in range(3)]
+    relaxed = wta_loss(modes, logits, gt, cls_weight=0.0, relax=0.3)
+    assert float(relaxed) == pytest.approx(0.7 * per[1] + 0.3 * sum(per) / 3, rel=1e-5)
 
 
 @pytest.fixture(scope="module")

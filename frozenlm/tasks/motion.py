@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-import torch
 from torch import Tensor, nn
 
 from ..data.motion import MotionDataset, build_motion_dataset, collate_motion
