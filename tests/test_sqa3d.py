@@ -14,7 +14,7 @@ from frozenlm.config import load_config
 from frozenlm.data.rooms3d import (Agent, RoomObject, answer, generate_rooms, load_or_generate_rooms, make_room,
                                    question_text, situation_text)
 from frozenlm.data.sqa3d import load_scene_points, question_type, quaternion_yaw, read_sqa3d_split
-from frozenlm.engine.optim import step_lr
+from frozenlm.engine.optim import lr_at, schedule_lr, step_lr
 from frozenlm.engine.train import train
 from frozenlm.models.sqa3d import SceneEncoder, SQA3DNet
 from frozenlm.tasks import sqa3d as sqa3d_task
@@ -272,6 +272,14 @@ def test_step_schedule() -> None:
     kw = dict(steps_per_epoch=10, warmup_steps=0, peak=1.0, milestones=[10, 15, 20])
     assert [step_lr(s, **kw) for s in (0, 99, 100, 149, 150, 200, 290)] == pytest.approx(
         [1.0, 1.0, 0.1, 0.1, 0.01, 0.001, 0.001])
+    assert step_lr(5, 10, 10, 1.0, [1], warmup_lr=0.0) == pytest.approx(0.5)  # warmup first
+    # the engine's dispatcher: cosine (default) is the old lr_at, step uses milestones in epochs
+    cos = {"min_lr": 0.01, "warmup_lr": 0.0}
+    assert schedule_lr(cos, 55, 100, 10, 10, 1.0) == pytest.approx(lr_at(55, 100, 10, 1.0, 0.01, 0.0))
+    stp = {"schedule": "step", "milestones": [2], "gamma": 0.5}
+    assert schedule_lr(stp, 19, 100, 0, 10, 1.0) == 1.0 and schedule_lr(stp, 20, 100, 0, 10, 1.0) == 0.5
+    with pytest.raises(ValueError, match="optim.schedule"):
+        schedule_lr({"schedule": "linear"}, 0, 10, 0, 1, 1.0)
 
 
 def test_training_lowers_loss_frozen_smollm2(tmp_path: Path) -> None:
