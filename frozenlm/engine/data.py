@@ -46,7 +46,7 @@ class SeededDataset(Dataset):
         py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
         random.seed(s)
         np.random.seed(s % (2**32))
-        torch.manual_seed(s)
+        torch.default_generator.manual_seed(s)  # CPU only: torch.manual_seed would also reseed CUDA, unrestored
         try:
             return self.dataset[index]
         finally:
