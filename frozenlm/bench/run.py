@@ -130,7 +130,7 @@ STEP_COLS = [("config", "configuration", "s"), ("train_samples_per_s", "train sa
              ("train_speedup_vs_ref", "x ref", ".2f"), ("infer_samples_per_s", "infer samples/s", ".2f"),
              ("train_tflops_per_s", "step TFLOP/s", ".3f"), ("block_fwd_tflops_per_s", "block fwd TFLOP/s", ".3f"),
              ("block_fwd_pct_of_peak", "% of matmul peak", ".0f"), ("peak_mem_bytes", "peak mem", "bytes"),
-             ("mem_ratio_vs_ref", "mem x ref", ".2f")]
+             ("mem_ratio_vs_ref", "mem x ref", ".2f"), ("step_mem_bytes", "step mem", "bytes")]
 LOAD_COLS = [("config", "configuration", "s"), ("load_s", "build time (s)", ".2f"),
              ("peak_rss_growth_bytes", "peak RSS growth", "bytes"), ("layer_bytes", "layer in memory", "bytes"),
              ("checkpoint_bytes", "checkpoint on disk", "bytes")]
@@ -175,7 +175,7 @@ def main_bench(argv: Sequence[str]) -> None:
                          "dtype": "bfloat16" if a.precision == "bf16" else "float32", "n": a.matmul_n})
         peak = mm.get("tflops_per_s", 0.0)
         result["matmul_peak"] = mm
-        print(f"measured {mm.get('dtype')} matmul peak: {peak:.3f} TFLOP/s on {env['device']}")
+        print(f"measured {mm.get('dtype')} matmul peak: {peak:.3f} TFLOP/s (M,K,N={mm.get('shape')}) on {env['device']}")
         base = {"model": a.model, "img_size": a.img_size, "tokens": a.tokens, "in_dim": a.in_dim, "lm": a.lm,
                 "batch": a.batch, "steps": a.steps, "warmup": a.warmup, "device": a.device, "threads": a.threads}
         rows = bench_steps(a, base, peak)

@@ -20,7 +20,7 @@ from ..data.motion import FEATURES
 from ..layer import LMLayer
 from .lm_spec import make_lm_layer
 from .registry import register_model
-from .vectornet import POSITIONS, PolylineEncoder, _check_future, scale_coordinates, to_trajectory
+from .vectornet import _check_future, polyline_encoder, scale_coordinates, to_trajectory
 
 
 class MMTransformer(nn.Module):
@@ -30,12 +30,8 @@ class MMTransformer(nn.Module):
                  dec_layers: int = 2, heads: int = 4, future: int = 30, modes: int = 6, position: str = "tail",
                  in_dim: int = FEATURES, coord_scale: float = 10.0) -> None:
         super().__init__()
-        if position not in POSITIONS:
-            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-        self.encoder = PolylineEncoder(in_dim, hidden, subgraph_depth)
+        self.encoder = polyline_encoder(lm_layer, position, in_dim, hidden, subgraph_depth)
         dim = self.encoder.out_dim
-        if lm_layer.in_dim != dim and lm_layer.variant != "none":
-            raise ValueError(f"LMLayer in_dim {lm_layer.in_dim} does not match the token width {dim}")
         # norm_first keeps padded tokens from mattering and trains stably without warmup tricks
         self.context = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True),

@@ -76,6 +76,16 @@ class GlobalGraph(nn.Module):
         return x + self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]
 
 
+def polyline_encoder(lm_layer: LMLayer, position: str, in_dim: int, hidden: int, depth: int) -> PolylineEncoder:
+    """The subgraph encoder, after checking the LMLayer's width and position fit it."""
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+    enc = PolylineEncoder(in_dim, hidden, depth)
+    if lm_layer.in_dim != enc.out_dim and lm_layer.variant != "none":
+        raise ValueError(f"LMLayer in_dim {lm_layer.in_dim} does not match the token width {enc.out_dim}")
+    return enc
+
+
 def scale_coordinates(vectors: Tensor, scale: float) -> Tensor:
     """Divide the 4 coordinate features by `scale` metres so they are O(1) like the flags."""
     return torch.cat([vectors[..., :4] / scale, vectors[..., 4:]], -1)
@@ -109,12 +119,8 @@ class VectorNet(nn.Module):
     def __init__(self, lm_layer: LMLayer, hidden: int = 64, subgraph_depth: int = 3, future: int = 30,
                  modes: int = 6, position: str = "tail", in_dim: int = FEATURES, coord_scale: float = 10.0) -> None:
         super().__init__()
-        if position not in POSITIONS:
-            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-        self.encoder = PolylineEncoder(in_dim, hidden, subgraph_depth)
+        self.encoder = polyline_encoder(lm_layer, position, in_dim, hidden, subgraph_depth)
         dim = self.encoder.out_dim
-        if lm_layer.in_dim != dim and lm_layer.variant != "none":
-            raise ValueError(f"LMLayer in_dim {lm_layer.in_dim} does not match the token width {dim}")
         self.global_graph = GlobalGraph(dim)
         self.lm_layer, self.position = lm_layer, position
         self.coord_scale = coord_scale
