@@ -36,6 +36,26 @@ def test_training_lowers_the_loss_and_reports_per_class_accuracy(tmp_path: Path,
     per_class = [v for k, v in metrics.items() if k.startswith("class_acc/")]
     assert len(per_class) == 12
     assert metrics["mean_class_acc"] == pytest.approx(sum(per_class) / 12)  # balanced val set
+    # `frozenlm analyze` on the trained checkpoint: per-frame maps of every sandwich stage
+    from frozenlm.analysis.cli import main_analyze
+    from frozenlm.analysis.video import video_stage_maps
+    out = tmp_path / "analysis"
+    assert main_analyze([str(tmp_path / "run"), f"out={out}", "figures=2", "seed=0"]) == {"run": {}}
+    assert sorted(p.name for p in (out / "run").glob("frames_*.png")) == ["frames_000.png", "frames_001.png"]
+    from frozenlm.analysis.cli import load_model
+    model, cfg, _ = load_model(str(tmp_path / "run"))
+    clip = torch.randn(2, 3, *cfg_frames(cfg))
+    maps, logits = video_stage_maps(model.eval(), clip)
+    t, h, w = model.patch_embed.grid
+    assert set(maps["mag"]) == {"F_E", "F_L1", "attn_half", "block", "F_L2"}
+    assert all(m.shape == (2, t, h, w) and 0 <= m.min() and m.max() <= 1 for per in maps.values() for m in per.values())
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(clip))  # the hooks only read
+
+
+def cfg_frames(cfg) -> tuple[int, int, int]:
+    """(T, H, W) of the model's input clip."""
+    return int(cfg.data.num_frames), int(cfg.data.img_size), int(cfg.data.img_size)
 
 
 def test_multiview_scores_average_probabilities() -> None:

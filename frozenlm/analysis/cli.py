@@ -10,6 +10,8 @@ clutter=standard|matched (matched: clutter as bright as the item). Every table a
 references on the same tokens: ref_brightness (mean pixel value per patch) and ref_random.
 METER-style VQA checkpoints (task vqa on easy_vqa) are analysed on easy-VQA val questions instead:
 maps of the fused visual tokens per stage, mIoU against the exact shape masks (frozenlm.analysis.vl).
+Video checkpoints (task video) get per-frame maps of every stage for `figures` val clips
+(<model>/frames_XXX.png; frozenlm.analysis.video).
 """
 from __future__ import annotations
 
@@ -151,11 +153,14 @@ def main_analyze(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, fl
         if hasattr(model, "fusion"):  # METER-style VL model: fused visual tokens, easy-VQA shape masks
             from .vl import analyze_vl
             results[label] = analyze_vl(model, cfg, opts, out_dir, label)
+        elif cfg.task == "video":  # per-frame maps of the tubelet tokens (no masks: figures only)
+            from .video import analyze_video
+            results[label] = analyze_video(model, cfg, opts, out_dir, label)
         else:
             results[label] = analyze_model(model, cfg, opts, out_dir, label)
         print(f"{label}: " + " ".join(f"{k}={100 * v:.1f}" for k, v in results[label].items()))
     write_table(results, out_dir)
-    if len(results) > 1:
+    if len(results) > 1 and any(results.values()):
         bar_plot(results, out_dir / "miou_bar.png")
     print(f"wrote {out_dir}/miou.csv, {out_dir}/miou.md" + (" and miou_bar.png" if len(results) > 1 else ""))
     return results

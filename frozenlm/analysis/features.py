@@ -12,7 +12,7 @@ Attention: CLS -> all tokens of the last LM block for LM models, of the last ViT
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +62,34 @@ def _timm_attention_probs(attn: nn.Module, x: Tensor) -> Tensor:
     q, k = attn.q_norm(q), attn.k_norm(k)
     s = (q.float() * attn.scale) @ k.float().transpose(-1, -2)
     return s.softmax(-1)
+
+
+@torch.no_grad()
+def capture_sandwich_stages(lm: nn.Module, run: Callable[[], Any], input_name: str = "F_E"
+                            ) -> tuple[dict[str, Tensor], Any]:
+    """Tokens at every stage of an LMLayer during `run()`: {input_name (the layer's input), F_L1,
+    attn_half, block, F_L2} (those that exist for its variant), in that order, and run()'s output.
+
+    For backbones whose analysis is not the ViT one (video, fused vision-language tokens).
+    """
+    stages: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Any:
+        return lambda _m, _i, out: stages.__setitem__(name, out.detach().float())
+    handles = [lm.register_forward_pre_hook(lambda _m, args: stages.__setitem__(input_name, args[0].detach().float()))]
+    if lm.variant != "none":
+        handles.append(lm.proj_in.register_forward_hook(keep("F_L1")))
+        if lm.blocks is not None:
+            handles.append(lm.blocks.layers[-1].attn_half.register_forward_hook(keep("attn_half")))
+            handles.append(lm.blocks.register_forward_hook(keep("block")))
+        handles.append(lm.register_forward_hook(keep("F_L2")))
+    try:
+        out = run()
+    finally:
+        for h in handles:
+            h.remove()
+    order = [input_name, "F_L1", "attn_half", "block", "F_L2"]
+    return {k: stages[k] for k in order if k in stages}, out
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .activation import frequency_activation, magnitude_activation, to_grid
+from .features import capture_sandwich_stages
 from .miou import MIoUAccumulator, mask_to_tokens
 from .report import save_overlay, write_table
 
@@ -24,27 +25,7 @@ KINDS = {"mag": magnitude_activation, "freq": frequency_activation}
 def capture_vl_stages(model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor
                       ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """({stage: (B, N, C) visual tokens}, model outputs) for one METER forward pass."""
-    lm = model.lm_layer
-    stages: dict[str, Tensor] = {}
-    handles = [lm.register_forward_pre_hook(lambda _m, args: stages.__setitem__("fused", args[0].detach().float()))]
-
-    def keep(name: str) -> Any:
-        return lambda _m, _i, out: stages.__setitem__(name, out.detach().float())
-    if lm.variant != "none":
-        handles.append(lm.proj_in.register_forward_hook(keep("F_L1")))
-        if lm.blocks is not None:
-            last = lm.blocks.layers[-1]
-            if hasattr(last, "attn_half"):
-                handles.append(last.attn_half.register_forward_hook(keep("attn_half")))
-            handles.append(lm.blocks.register_forward_hook(keep("block")))
-        handles.append(lm.register_forward_hook(keep("F_L2")))
-    try:
-        out = model(images, input_ids, attention_mask)
-    finally:
-        for h in handles:
-            h.remove()
-    order = ["fused", "F_L1", "attn_half", "block", "F_L2"]
-    return {k: stages[k] for k in order if k in stages}, out
+    return capture_sandwich_stages(model.lm_layer, lambda: model(images, input_ids, attention_mask), "fused")
 
 
 def shape_masks(images: Tensor, mean: float = 0.5, std: float = 0.5, tol: float = 30 / 255) -> Tensor:
