@@ -100,27 +100,11 @@ def capture_features(model: nn.Module, x: Tensor) -> Capture:
     """
     lm = model.lm_layer
     vit = model.vit
-    stages: dict[str, Tensor] = {}
     attn_rows: dict[str, Tensor] = {}
     handles = []
-
-    def keep(name: str):
-        def hook(_m: nn.Module, _inp: Any, out: Tensor) -> None:
-            stages[name] = out.detach().float()
-        return hook
-
-    def keep_input(_m: nn.Module, args: tuple) -> None:
-        stages["F_E"] = args[0].detach().float()
-
-    handles.append(lm.register_forward_pre_hook(keep_input))
-    if lm.variant != "none":
-        handles.append(lm.proj_in.register_forward_hook(keep("F_L1")))
-        handles.append(lm.register_forward_hook(keep("F_L2")))
     source: str | None = None
     if lm.blocks is not None:
         last = lm.blocks.layers[-1]
-        handles.append(last.attn_half.register_forward_hook(keep("attn_half")))
-        handles.append(lm.blocks.register_forward_hook(keep("block")))
 
         def lm_attn(blk: nn.Module, args: tuple) -> None:
             # Block.forward(x, mask, is_causal, rope): recompute the weights on the same input.
@@ -139,7 +123,7 @@ def capture_features(model: nn.Module, x: Tensor) -> Capture:
         handles.append(vit.blocks[-1].attn.register_forward_pre_hook(vit_attn))
         source = "vit"
     try:
-        out = model(x)
+        stages, out = capture_sandwich_stages(lm, lambda: model(x))
     finally:
         for hd in handles:
             hd.remove()

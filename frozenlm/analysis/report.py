@@ -59,7 +59,7 @@ def save_overlay(path: str | os.PathLike, image: Tensor | np.ndarray,
                 axes[r, c].axis("off")
     if title:
         fig.suptitle(title, fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _column_key(name: str) -> tuple[int, int]:
@@ -115,15 +115,15 @@ def bar_plot(results: Mapping[str, Mapping[str, float]], path: str | os.PathLike
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: object, path: str | Path) -> Path:
+def save_figure(fig: object, path: str | Path, dpi: int = 100) -> Path:
     """Write a figure as PNG (creating the folder) and free it."""
     plt = _plt()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

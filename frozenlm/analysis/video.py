@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .activation import frequency_activation, magnitude_activation
 from .features import capture_sandwich_stages
-from .report import _plt
+from .report import _plt, save_figure
 
 KINDS = {"mag": magnitude_activation, "freq": frequency_activation}
 
@@ -47,9 +47,7 @@ def save_video_maps(path: Path, frames: Tensor, maps: dict[str, dict[str, Tensor
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title, fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 @torch.no_grad()

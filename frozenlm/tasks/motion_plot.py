@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..analysis.report import save_figure
 from ..data.motion import MotionDataset, collate_motion
 
 
@@ -59,12 +60,7 @@ def plot_predictions(model: nn.Module, dataset: MotionDataset, path: str | Path,
     axes.flat[0].legend(fontsize=7, loc="lower left")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
