@@ -285,6 +285,21 @@ def test_report_files(tmp_path: Path) -> None:
     assert bar_plot(res, tmp_path / "bar.png").stat().st_size > 1000
 
 
+def test_seed_aggregation(tmp_path: Path) -> None:
+    from frozenlm.analysis.report import aggregate_seeds, seed_groups, write_seed_table
+    res = {"none_s0": {"F_E/mag": 0.2}, "none_s1": {"F_E/mag": 0.4}, "frozen_s0": {"F_E/mag": 0.5, "F_L2/mag": 0.6},
+           "frozen_s1": {"F_E/mag": 0.7, "F_L2/mag": 0.6}, "frozen_s2": {"F_E/mag": 0.6}, "other": {"F_E/mag": 0.9}}
+    assert seed_groups(res) == {"none": ["none_s0", "none_s1"], "frozen": ["frozen_s0", "frozen_s1", "frozen_s2"]}
+    agg = aggregate_seeds(res)
+    m, sd, n = agg["none"]["F_E/mag"]
+    assert (m, n) == (pytest.approx(0.3), 2) and sd == pytest.approx(0.1414213, abs=1e-6)  # sample std
+    assert agg["frozen"]["F_E/mag"][0] == pytest.approx(0.6) and agg["frozen"]["F_L2/mag"] == (pytest.approx(0.6), 0.0, 2)
+    assert aggregate_seeds({"a_s0": {"x": 1.0}, "b_s0": {"x": 1.0}}) == {}  # one seed per variant: nothing to pool
+    c, md = write_seed_table(agg, tmp_path)
+    assert ["none", "F_E/mag", "0.3000", "0.1414", "2"] in list(csv.reader(c.open()))
+    assert "| frozen | 3 | 60.0 ± 10.0 | 60.0 ± 0.0 |" in md.read_text()
+
+
 def test_analyze_cli_on_trained_checkpoints(tmp_path: Path) -> None:
     from frozenlm.analysis.cli import main_analyze
     from frozenlm.config import load_config

@@ -56,6 +56,22 @@ def test_vqa_task_metric_and_loss_by_hand() -> None:
     sums = task.eval_batch(Fixed(), {"images": None, "input_ids": None, "attention_mask": None, "score": score,
                                      "target": target}, None)
     assert task.finalize(sums, None)["overall"] == pytest.approx(100 * (0.6 + 1.0) / 2)
+
+    # Per answer type (fixed list per dataset) and the other-image control, by hand.
+    class ImageReader(torch.nn.Module):  # answers index 0 for a dark image, 2 for a bright one
+        def forward(self, images: torch.Tensor, *_: torch.Tensor) -> dict[str, torch.Tensor]:
+            bright = images.flatten(1).mean(1) > 0.5
+            return {"vqa_logits": torch.stack([~bright, torch.zeros_like(bright), bright], 1).float()}
+    images = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2), torch.ones(3, 2, 2)])
+    score3 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.3]])
+    cfg = load_config(VQA_CFG, ["vqa.image_control=true"])
+    batch = {"images": images, "input_ids": None, "attention_mask": None, "score": score3,
+             "target": score3, "answer_type": torch.tensor([0, 1, -1])}  # yes/no, color, untyped
+    m = task.finalize(task.eval_batch(ImageReader(), batch, cfg), cfg)
+    assert m["overall"] == pytest.approx(100 * 2.3 / 3) and m["yes/no"] == 100.0 and m["color"] == 100.0
+    assert "shape" not in m  # no shape question in this batch
+    # rolled images: (bright, dark, bright) -> picks 2, 0, 2 -> scores 0, 0, 0.3
+    assert m["overall_other_image"] == pytest.approx(100 * 0.3 / 3)
     logits = torch.zeros(1, 4)
     assert float(vqa_loss(logits, torch.zeros(1, 4))) == pytest.approx(4 * float(torch.log(torch.tensor(2.0))))
 
@@ -178,6 +194,9 @@ def test_easy_vqa_counts_match_the_package() -> None:
     assert len(ds) == 9673
     item = ds[0]
     assert item["image"].shape == (3, 64, 64)
+    kinds = {q[1]: ds.answer_types[r["answer_type_idx"]] for q, r in zip(read_easy_vqa("test")[0], ds.records)}
+    assert kinds["yes"] == kinds["no"] == "yes/no" and kinds["circle"] == "shape" and kinds["blue"] == "color"
+    assert all(r["answer_type_idx"] >= 0 for r in ds.records)
     ans = easy_vqa_answers().index(read_easy_vqa("test")[0][0][1])
     expected = torch.zeros(13)
     expected[ans] = 1.0  # one answer = 10 agreeing annotators: soft target 1 and accuracy 1

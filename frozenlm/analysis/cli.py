@@ -5,8 +5,11 @@ method.md section 5 on the same images for every model, and writes under `out`:
   <model>/overlay_XXX.png   image + per-stage magnitude / frequency maps + CLS attention
   <model>/miou.csv, .md     that model's table
   miou.csv, miou.md         all models;  miou_bar.png  when several checkpoints are given
+  miou_seeds.{csv,md}, miou_seeds_bar.png   mean ± std over seeds, when run names differ only
+                            by `_s<seed>` (the runs of `frozenlm ablate`)
 Other keys: seed=0 (dataset seed), figures=4 (overlays per model), batch=16, device=cpu,
-clutter=standard|matched (matched: clutter as bright as the item). Every table also has two
+clutter=standard|matched (matched: clutter as bright as the item; default: the checkpoint's
+data.clutter when it was trained on task image_cluttered, else standard). Every table also has two
 references on the same tokens: ref_brightness (mean pixel value per patch) and ref_random.
 METER-style VQA checkpoints (task vqa on easy_vqa) are analysed on easy-VQA val questions instead:
 maps of the fused visual tokens per stage, mIoU against the exact shape masks (frozenlm.analysis.vl).
@@ -26,11 +29,11 @@ from .activation import activation_maps, attention_map
 from .datasets import build_analysis_dataset
 from .features import capture_features
 from .miou import MIoUAccumulator, mask_to_tokens
-from .report import bar_plot, save_overlay, write_table
+from .report import aggregate_seeds, bar_plot, save_overlay, write_seed_table, write_table
 
 KIND_SHORT = {"magnitude": "mag", "frequency": "freq"}
 DEFAULTS: dict[str, Any] = {"data": "cluttered", "root": None, "out": "analysis", "n": 64, "seed": 0,
-                            "figures": 4, "batch": 16, "device": "cpu", "clutter": "standard"}
+                            "figures": 4, "batch": 16, "device": "cpu", "clutter": None}
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, Any, Path]:
@@ -80,8 +83,9 @@ def analyze_model(model: nn.Module, cfg: Any, opts: dict[str, Any], out_dir: Pat
     vit = model.vit
     img_size = int(vit.patch_embed.img_size[0])
     in_chans = int(vit.patch_embed.proj.in_channels)
+    trained_on = (cfg.get("data") or {}).get("clutter") if cfg.get("task") == "image_cluttered" else None
     ds = build_analysis_dataset(opts["data"], img_size, in_chans, int(opts["n"]), int(opts["seed"]), opts["root"],
-                                clutter=opts["clutter"])
+                                clutter=opts["clutter"] or trained_on or "standard")
     rand = torch.Generator().manual_seed(int(opts["seed"]))
     mean, std = _mean_std(cfg, in_chans)
     acc = MIoUAccumulator()
@@ -163,4 +167,12 @@ def main_analyze(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, fl
     if len(results) > 1 and any(results.values()):
         bar_plot(results, out_dir / "miou_bar.png")
     print(f"wrote {out_dir}/miou.csv, {out_dir}/miou.md" + (" and miou_bar.png" if len(results) > 1 else ""))
+    agg = aggregate_seeds(results)
+    if agg:  # runs of `frozenlm ablate` (<variant>_s<seed>): also mean ± std over seeds
+        write_seed_table(agg, out_dir)
+        bar_plot({g: {k: v[0] for k, v in r.items()} for g, r in agg.items()}, out_dir / "miou_seeds_bar.png",
+                 title="pseudo-mask mIoU per stage, mean ± std over seeds",
+                 errors={g: {k: v[1] for k, v in r.items()} for g, r in agg.items()})
+        print(f"wrote {out_dir}/miou_seeds.md and miou_seeds_bar.png (" +
+              ", ".join(f"{g}: {max(v[2] for v in r.values())} seeds" for g, r in agg.items()) + ")")
     return results

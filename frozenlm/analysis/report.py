@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -98,9 +99,59 @@ def write_table(results: Mapping[str, Mapping[str, float]], out_dir: str | os.Pa
     return csv_path, md_path
 
 
+SEED_SUFFIX = re.compile(r"_s\d+$")  # `frozenlm ablate` names its runs <variant>_s<seed>
+
+
+def seed_groups(results: Mapping[str, Mapping[str, float]]) -> dict[str, list[str]]:
+    """{variant: [model labels]} for labels that differ only by their `_s<seed>` suffix, where a
+    variant has at least two seeds; empty when no label repeats."""
+    groups: dict[str, list[str]] = {}
+    for label in results:
+        groups.setdefault(SEED_SUFFIX.sub("", label), []).append(label)
+    return {g: labels for g, labels in groups.items() if len(labels) > 1}
+
+
+def aggregate_seeds(results: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """{variant: {map: (mean, sample std, n seeds)}} over the seed groups of seed_groups(); a map
+    missing from some seeds is averaged over the seeds that have it."""
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for g, labels in seed_groups(results).items():
+        cols = _columns({k: results[k] for k in labels})
+        out[g] = {}
+        for c in cols:
+            v = np.array([results[k][c] for k in labels if c in results[k]], dtype=np.float64)
+            out[g][c] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v))
+    return out
+
+
+def write_seed_table(agg: Mapping[str, Mapping[str, tuple[float, float, int]]], out_dir: str | os.PathLike,
+                     stem: str = "miou_seeds") -> tuple[Path, Path]:
+    """aggregate_seeds() -> out_dir/stem.csv (variant, map, mean, std, n) and a Markdown table of
+    'mean ± std' in %."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "map", "miou_mean", "miou_std", "seeds"])
+        for g, r in agg.items():
+            for k, (m, sd, n) in r.items():
+                w.writerow([g, k, f"{m:.4f}", f"{sd:.4f}", n])
+    cols = _columns(agg)
+    lines = ["| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for g, r in agg.items():
+        n = max(v[2] for v in r.values())
+        cells = [f"{100 * r[c][0]:.1f} ± {100 * r[c][1]:.1f}" if c in r else "-" for c in cols]
+        lines.append(f"| {g} | {n} | " + " | ".join(cells) + " |")
+    md_path.write_text("mIoU (%) of pseudo-masks, mean ± std over seeds\n\n" + "\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
 def bar_plot(results: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
-             title: str = "pseudo-mask mIoU per stage") -> Path:
-    """Grouped bars: one group per map name, one bar per model."""
+             title: str = "pseudo-mask mIoU per stage",
+             errors: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+    """Grouped bars: one group per map name, one bar per model; errors {model: {map: std}} adds
+    error bars (used for means over seeds)."""
     plt = _plt()
     cols = _columns(results)
     models: Sequence[str] = list(results)
@@ -109,7 +160,8 @@ def bar_plot(results: Mapping[str, Mapping[str, float]], path: str | os.PathLike
     x = np.arange(len(cols))
     for i, m in enumerate(models):
         vals = [100 * results[m].get(c, np.nan) for c in cols]
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m)
+        err = [100 * errors[m].get(c, 0.0) for c in cols] if errors and m in errors else None
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m, yerr=err, capsize=2 if err else 0)
     ax.set_xticks(x)
     ax.set_xticklabels(cols, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("mIoU (%)")

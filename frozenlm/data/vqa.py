@@ -142,15 +142,25 @@ def check_question(q: Any, where: str) -> str:
     return q.strip()
 
 
+# Answer types scored separately, as the official VQAv2 evaluation does (its annotations carry the type);
+# easy-VQA's are read off the answer. Fixed per dataset so every rank reports the same keys.
+ANSWER_TYPES: dict[str, tuple[str, ...]] = {"vqav2": ("yes/no", "number", "other"),
+                                            "easy_vqa": ("yes/no", "color", "shape")}
+
+
 class VQADataset(Dataset):
-    """(image path, question, ground-truth answers) records -> items for the vqa task."""
+    """(image path, question, ground-truth answers[, answer_type]) records -> items for the vqa task."""
 
     def __init__(self, records: list[dict[str, Any]], vocab: Sequence[str], transform: Callable,
-                 strict_answers: bool = False) -> None:
+                 strict_answers: bool = False, answer_types: Sequence[str] = ()) -> None:
         self.records, self.vocab, self.transform = records, list(vocab), transform
         self.answer_to_idx = {a: i for i, a in enumerate(self.vocab)}
+        self.answer_types = list(answer_types)
+        type_idx = {t: k for k, t in enumerate(self.answer_types)}
         for i, r in enumerate(records):
             r["question"] = check_question(r.get("question"), f"record {i} ({r.get('image')})")
+            # -1 = not scored per type (no type given, or one outside the dataset's list)
+            r["answer_type_idx"] = type_idx.get(r.get("answer_type"), -1)
             if strict_answers:
                 bad = [a for a in r["answers"] if normalize_answer(a) not in self.answer_to_idx]
                 if bad:
@@ -164,11 +174,18 @@ class VQADataset(Dataset):
         r = self.records[i]
         return {"image": self.transform(load_image(r["image"])), "question": r["question"],
                 "target": soft_scores(r["answers"], self.answer_to_idx),
-                "score": accuracy_scores(r["answers"], self.vocab), "index": i}
+                "score": accuracy_scores(r["answers"], self.vocab), "index": i,
+                "answer_type": r["answer_type_idx"]}
 
 
 # --- easy-VQA (offline) -----------------------------------------------------------------------
 EASY_VQA_MEAN = EASY_VQA_STD = (0.5, 0.5, 0.5)
+EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
+
+
+def easy_vqa_answer_type(answer: str) -> str:
+    """yes/no, shape or color (easy-VQA's other answers are its 8 colour names)."""
+    return "yes/no" if answer in ("yes", "no") else "shape" if answer in EASY_VQA_SHAPES else "color"
 
 
 def easy_vqa_root() -> Path:
@@ -226,11 +243,13 @@ def build_easy_vqa(cfg: Any, split: str) -> VQADataset:
             raise FileNotFoundError(f"easy-VQA image {img_id}.png referenced by {q!r} is missing")
         # One answer per question: counted as 10 agreeing annotators, the VQAv2 convention, so the soft
         # target and the official accuracy of the right answer are both 1.
-        records.append({"image": images[img_id], "question": q, "answers": [a] * 10})
+        records.append({"image": images[img_id], "question": q, "answers": [a] * 10,
+                        "answer_type": easy_vqa_answer_type(a)})
     n = cfg.get("subset_train") if split == "train" else cfg.get("subset_val")
     records = subset(records, n, cfg.get("subset_seed"))
     tf = image_transform(int(cfg.img_size), EASY_VQA_MEAN, EASY_VQA_STD, split == "train")
-    return VQADataset(records, easy_vqa_answers(cfg.get("root")), tf, strict_answers=True)
+    return VQADataset(records, easy_vqa_answers(cfg.get("root")), tf, strict_answers=True,
+                      answer_types=ANSWER_TYPES["easy_vqa"])
 
 
 # --- VQAv2 ------------------------------------------------------------------------------------
@@ -263,7 +282,7 @@ def read_vqav2(root: str | Path, split: str) -> list[dict[str, Any]]:
             raise KeyError(f"{root / af}: no annotation for question_id {q['question_id']}")
         name = f"COCO_{img_dir}_{q['image_id']:012d}.jpg"
         out.append({"image": root / img_dir / name, "question": q["question"],
-                    "answers": [x["answer"] for x in a["answers"]]})
+                    "answers": [x["answer"] for x in a["answers"]], "answer_type": a.get("answer_type")})
     return out
 
 
@@ -282,7 +301,7 @@ def build_vqav2(cfg: Any, split: str) -> VQADataset:
     records = read_vqav2(cfg.root, "train" if split == "train" else "val")
     n = cfg.get("subset_train") if split == "train" else cfg.get("subset_val")
     tf = image_transform(int(cfg.img_size), CLIP_MEAN, CLIP_STD, split == "train")
-    return VQADataset(subset(records, n, cfg.get("subset_seed")), vocab, tf)
+    return VQADataset(subset(records, n, cfg.get("subset_seed")), vocab, tf, answer_types=ANSWER_TYPES["vqav2"])
 
 
 VQA_DATASETS: dict[str, Callable[[Any, str], VQADataset]] = {"easy_vqa": build_easy_vqa, "vqav2": build_vqav2}

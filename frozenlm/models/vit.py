@@ -21,6 +21,7 @@ SMALL_VITS: dict[str, dict[str, Any]] = {
     "vit_mini_patch7_28": dict(img_size=28, patch_size=7, embed_dim=128, depth=4, num_heads=4),
     "vit_tiny_patch7_28": dict(img_size=28, patch_size=7, embed_dim=192, depth=6, num_heads=3),
     "vit_tiny_patch4_28": dict(img_size=28, patch_size=4, embed_dim=192, depth=12, num_heads=3),
+    "vit_mini_patch4_32": dict(img_size=32, patch_size=4, embed_dim=128, depth=4, num_heads=4),
     "vit_tiny_patch4_32": dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch4_32": dict(img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6),
     "vit_tiny_patch8_64": dict(img_size=64, patch_size=8, embed_dim=192, depth=12, num_heads=3),

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.vqa import build_vqa_dataset
+from ..data.vqa import ANSWER_TYPES, build_vqa_dataset
 from ..engine.task import Task, register_task
 from .vl_common import build_vl_model, text_collate, vl_param_groups
 
@@ -47,12 +47,31 @@ class VQATask(Task):
     def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, Tensor]:
         logits = model(batch["images"], batch["input_ids"], batch["attention_mask"])["vqa_logits"]
         loss = F.binary_cross_entropy_with_logits(logits, batch["target"].float(), reduction="none").sum(1)
-        acc = batch["score"].gather(1, logits.argmax(1, keepdim=True)).squeeze(1)
-        return {"score_sum": acc.double().sum(), "count": torch.tensor(float(len(acc)), dtype=torch.float64),
-                "loss_sum": loss.double().sum()}
+        acc = batch["score"].gather(1, logits.argmax(1, keepdim=True)).squeeze(1).double()
+        out = {"score_sum": acc.sum(), "count": torch.tensor(float(len(acc)), dtype=torch.float64),
+               "loss_sum": loss.double().sum()}
+        types = batch.get("answer_type")
+        name = str(cfg.data.get("name")) if cfg is not None else ""
+        for k, t in enumerate(ANSWER_TYPES.get(name, ())):
+            sel = types == k if types is not None else torch.zeros_like(acc, dtype=torch.bool)
+            out[f"score_sum/{t}"], out[f"count/{t}"] = acc[sel].sum(), sel.double().sum()
+        if cfg is not None and (cfg.get("vqa") or {}).get("image_control"):
+            # Each question paired with the next question's image: a model that reads the image loses
+            # accuracy here, one answering from the question alone does not (docs/vl.md).
+            wrong = model(batch["images"].roll(1, 0), batch["input_ids"], batch["attention_mask"])["vqa_logits"]
+            other = batch["score"].gather(1, wrong.argmax(1, keepdim=True)).squeeze(1).double()
+            out["score_sum_other_image"] = other.sum()  # (a batch of one keeps its own image)
+        return out
 
     def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
         n = float(sums["count"])
         if n == 0:
             raise ValueError("no VQA evaluation samples were seen (empty dataset?)")
-        return {"overall": 100.0 * float(sums["score_sum"]) / n, "loss": float(sums["loss_sum"]) / n}
+        out = {"overall": 100.0 * float(sums["score_sum"]) / n, "loss": float(sums["loss_sum"]) / n}
+        for k in sums:
+            if k.startswith("count/") and float(sums[k]) > 0:
+                t = k.split("/", 1)[1]
+                out[t] = 100.0 * float(sums[f"score_sum/{t}"]) / float(sums[k])
+        if "score_sum_other_image" in sums:
+            out["overall_other_image"] = 100.0 * float(sums["score_sum_other_image"]) / n
+        return out
