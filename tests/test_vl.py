@@ -212,12 +212,17 @@ def test_easy_vqa_captions_and_split() -> None:
     for q, a, i in qs[:3000]:  # every QA pair of a captioned image agrees with its caption
         if i in caps and a not in ("yes", "no"):
             assert a in caps[i].split(), (q, a, caps[i])
-    cfg = load_config(RET_CFG)
+    cfg = load_config(RET_CFG, ["data.unique_texts=false"])
     ds = build_easy_vqa_captions(cfg.data, "test")
     assert len(ds) == 300 and len(ds.texts) == 300
     # relevance by caption string: every image is relevant to all texts with its caption
     t0 = ds.texts[0]
     assert ds.image_texts[0] == [j for j, t in enumerate(ds.texts) if t == t0]
+    # the offline default's bank holds each distinct caption once; relevance is unchanged
+    uniq = build_easy_vqa_captions(load_config(RET_CFG).data, "test")
+    assert len(uniq) == 300 and sorted(uniq.texts) == sorted(set(ds.texts)) and len(uniq.texts) <= 24
+    for i in range(len(ds)):
+        assert len(uniq.image_texts[i]) == 1 and uniq.texts[uniq.image_texts[i][0]] == ds.captions[i][0]
 
 
 def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:

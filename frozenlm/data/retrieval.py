@@ -14,14 +14,19 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from .vqa import (CLIP_MEAN, CLIP_STD, EASY_VQA_MEAN, EASY_VQA_STD, check_question, easy_vqa_split,
-                  image_transform, load_image, read_easy_vqa, subset)
+from .vqa import (CLIP_MEAN, CLIP_STD, EASY_VQA_COLOURS, EASY_VQA_MEAN, EASY_VQA_SHAPES, EASY_VQA_STD,
+                  check_question, easy_vqa_split, image_transform, load_image, read_easy_vqa, subset)
 
 
 class RetrievalDataset(Dataset):
-    """images[i] with captions[i] (list of str). mode 'pairs' (train) or 'images' (eval)."""
+    """images[i] with captions[i] (list of str). mode 'pairs' (train) or 'images' (eval).
 
-    def __init__(self, images: list[Path], captions: list[list[str]], transform: Callable, mode: str) -> None:
+    unique_texts: the evaluation text bank holds each distinct caption string once. With few distinct
+    captions (easy-VQA: 24) a bank with repeats fills the top-K of every image->text ranking with copies
+    of one string, so TR@1 = TR@5 = TR@10; without repeats TR@K measures a real ranking."""
+
+    def __init__(self, images: list[Path], captions: list[list[str]], transform: Callable, mode: str,
+                 unique_texts: bool = False) -> None:
         if mode not in ("pairs", "images"):
             raise ValueError(f"mode must be 'pairs' or 'images', got {mode!r}")
         if len(images) != len(captions):
@@ -30,6 +35,8 @@ class RetrievalDataset(Dataset):
         self.captions = [[check_question(c, f"captions of {images[i]}") for c in caps] for i, caps in enumerate(captions)]
         self.pairs = [(i, j) for i, caps in enumerate(self.captions) for j in range(len(caps))]
         self.texts = [c for caps in self.captions for c in caps]
+        if unique_texts:  # each distinct caption once in the text bank (first-seen order)
+            self.texts = list(dict.fromkeys(self.texts))
         # relevant text ids per image, by caption string (so duplicates across images are matches)
         ids: dict[str, list[int]] = {}
         for t, c in enumerate(self.texts):
@@ -45,10 +52,6 @@ class RetrievalDataset(Dataset):
             return {"image": self.transform(load_image(self.images[i])), "question": self.captions[i][j],
                     "image_id": i, "index": k}
         return {"image": self.transform(load_image(self.images[k])), "index": k}
-
-
-EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
-EASY_VQA_COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 
 
 def easy_vqa_captions(qs: list[tuple[str, str, int]]) -> dict[int, str]:
@@ -79,7 +82,7 @@ def build_easy_vqa_captions(cfg: Any, split: str) -> RetrievalDataset:
                  cfg.get("subset_seed"))
     tf = image_transform(int(cfg.img_size), EASY_VQA_MEAN, EASY_VQA_STD, split == "train")
     return RetrievalDataset([paths[i] for i in ids], [[caps[i]] for i in ids], tf,
-                            "pairs" if split == "train" else "images")
+                            "pairs" if split == "train" else "images", unique_texts=bool(cfg.get("unique_texts")))
 
 
 def build_karpathy(cfg: Any, split: str) -> RetrievalDataset:
@@ -105,7 +108,7 @@ def build_karpathy(cfg: Any, split: str) -> RetrievalDataset:
                   cfg.get("subset_seed"))
     tf = image_transform(int(cfg.img_size), CLIP_MEAN, CLIP_STD, split == "train")
     return RetrievalDataset([imgs[i] for i in keep], [caps[i] for i in keep], tf,
-                            "pairs" if split == "train" else "images")
+                            "pairs" if split == "train" else "images", unique_texts=bool(cfg.get("unique_texts")))
 
 
 RETRIEVAL_DATASETS: dict[str, Callable[[Any, str], RetrievalDataset]] = {

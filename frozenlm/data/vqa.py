@@ -181,6 +181,7 @@ class VQADataset(Dataset):
 # --- easy-VQA (offline) -----------------------------------------------------------------------
 EASY_VQA_MEAN = EASY_VQA_STD = (0.5, 0.5, 0.5)
 EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
+EASY_VQA_COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 
 
 def easy_vqa_answer_type(answer: str) -> str:
