@@ -309,3 +309,38 @@ def test_vl_analysis_stages_and_shape_masks(meter: torch.nn.Module) -> None:
     assert list(stages) == ["fused", "F_L1", "attn_half", "block", "F_L2"]
     assert stages["F_L1"].shape == (1, 17, 576) and stages["fused"].shape == (1, 17, 64)
     torch.testing.assert_close(stages["F_L2"], out["image_tokens"])  # what the pooler reads
+
+
+def test_clip_image_tower_loads_from_openai_clip_layout(tmp_path: Path) -> None:
+    """An OpenAI-CLIP / open_clip checkpoint (keys visual.*, text tower alongside) loads into a timm CLIP ViT."""
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+    from frozenlm.models.checkpoint import load_backbone_weights
+
+    def tower() -> VisionTransformer:  # CLIP-style: pre-norm, no patch bias, no classifier
+        return VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, pre_norm=True,
+                                 num_classes=0)
+    torch.manual_seed(0)
+    src = tower()
+    for p_ in src.parameters():
+        torch.nn.init.normal_(p_, std=0.5)
+    s = src.state_dict()
+    sd = {"visual.class_embedding": s["cls_token"][0, 0], "visual.positional_embedding": s["pos_embed"][0],
+          "visual.conv1.weight": s["patch_embed.proj.weight"], "visual.proj": torch.randn(32, 16),
+          "token_embedding.weight": torch.randn(10, 32), "ln_final.weight": torch.ones(32)}  # text tower: ignored
+    for a, b in (("ln_pre", "norm_pre"), ("ln_post", "norm")):
+        sd.update({f"visual.{a}.{w}": s[f"{b}.{w}"] for w in ("weight", "bias")})
+    for i in range(2):
+        pairs = (("ln_1", "norm1"), ("ln_2", "norm2"), ("attn.in_proj_", "attn.qkv."), ("attn.out_proj.", "attn.proj."),
+                 ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2."))
+        for a, b in pairs:
+            for w in ("weight", "bias"):
+                sep = "" if a.endswith(("_", ".")) else "."
+                sd[f"visual.transformer.resblocks.{i}.{a}{sep}{w}"] = s[f"blocks.{i}.{b}{'' if b.endswith('.') else '.'}{w}"]
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "clip.safetensors"))
+    dst = tower()
+    load_backbone_weights(dst, tmp_path / "clip.safetensors")
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(dst.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(dst.forward_features(x), src.eval().forward_features(x))

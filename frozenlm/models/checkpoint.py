@@ -32,10 +32,18 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_backbone_weights(vit: nn.Module, path: str | Path) -> None:
-    """Load a timm/DeiT ViT checkpoint: resample pos_embed to the model's grid, drop a mismatched head."""
+    """Load a timm/DeiT ViT checkpoint, or the image tower of an OpenAI-CLIP / open_clip checkpoint
+    (keys `visual.*`, converted to timm's names by timm's own filter); resample pos_embed to the model's
+    grid; drop a mismatched head, and any head when the model has none (num_classes=0)."""
     from timm.layers import resample_abs_pos_embed
     sd = read_state_dict(path)
     own = vit.state_dict()
+    if "visual.class_embedding" in sd:  # OpenAI CLIP / open_clip layout; the text tower's keys are skipped
+        from timm.models.vision_transformer import checkpoint_filter_fn
+        sd = checkpoint_filter_fn(sd, vit)
+        if "head.weight" not in own:  # CLIP's image projection became head.*; a headless tower ignores it
+            sd.pop("head.weight", None)
+            sd.pop("head.bias", None)
     if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
         prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
         sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], list(vit.patch_embed.grid_size),
