@@ -285,6 +285,15 @@ def test_report_files(tmp_path: Path) -> None:
     assert bar_plot(res, tmp_path / "bar.png").stat().st_size > 1000
 
 
+def test_analysis_clutter_follows_the_checkpoint() -> None:
+    from frozenlm.analysis.cli import clutter_for
+    from frozenlm.config import load_config
+    matched = load_config("configs/image/cluttered_smollm2.yaml")
+    assert matched.task == "image_cluttered" and clutter_for({"clutter": None}, matched) == "matched"
+    assert clutter_for({"clutter": "standard"}, matched) == "standard"  # an explicit choice wins
+    assert clutter_for({"clutter": None}, load_config("configs/image/fmnist_smollm2.yaml")) == "standard"
+
+
 def test_seed_aggregation(tmp_path: Path) -> None:
     from frozenlm.analysis.report import aggregate_seeds, seed_groups, write_seed_table
     res = {"none_s0": {"F_E/mag": 0.2}, "none_s1": {"F_E/mag": 0.4}, "frozen_s0": {"F_E/mag": 0.5, "F_L2/mag": 0.6},

@@ -83,9 +83,8 @@ def analyze_model(model: nn.Module, cfg: Any, opts: dict[str, Any], out_dir: Pat
     vit = model.vit
     img_size = int(vit.patch_embed.img_size[0])
     in_chans = int(vit.patch_embed.proj.in_channels)
-    trained_on = (cfg.get("data") or {}).get("clutter") if cfg.get("task") == "image_cluttered" else None
     ds = build_analysis_dataset(opts["data"], img_size, in_chans, int(opts["n"]), int(opts["seed"]), opts["root"],
-                                clutter=opts["clutter"] or trained_on or "standard")
+                                clutter=clutter_for(opts, cfg))
     rand = torch.Generator().manual_seed(int(opts["seed"]))
     mean, std = _mean_std(cfg, in_chans)
     acc = MIoUAccumulator()
@@ -122,6 +121,15 @@ def analyze_model(model: nn.Module, cfg: Any, opts: dict[str, Any], out_dir: Pat
               f"and are left out of the mIoU")
     write_table({label: result}, out_dir / label)
     return result
+
+
+def clutter_for(opts: dict[str, Any], cfg: Any) -> str:
+    """The clutter to analyse on: `clutter=` if given, else the one the checkpoint was trained on
+    (task image_cluttered, data.clutter), else standard."""
+    if opts.get("clutter"):
+        return str(opts["clutter"])
+    trained_on = (cfg.get("data") or {}).get("clutter") if cfg.get("task") == "image_cluttered" else None
+    return str(trained_on or "standard")
 
 
 def brightness_map(images: Tensor, grid: tuple[int, int]) -> Tensor:
