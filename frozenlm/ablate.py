@@ -46,8 +46,10 @@ def summarize(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     return out
 
 
-def write_outputs(out_dir: Path, rows: list[dict[str, Any]], metric: str, title: str) -> dict[str, Path]:
-    """results.csv (one row per run), summary.md (mean ± std per group) and summary.png (bar chart)."""
+def write_outputs(out_dir: Path, rows: list[dict[str, Any]], metric: str, title: str,
+                  also: Sequence[str] = ()) -> dict[str, Path]:
+    """results.csv (one row per run), summary.md (mean ± std per group of `metric`, then of each metric
+    in `also` over the runs that report it) and summary.png (bar chart of `metric`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     axes = list(rows[0]["group"]) if rows else []
     csv_path = out_dir / "results.csv"
@@ -58,11 +60,14 @@ def write_outputs(out_dir: Path, rows: list[dict[str, Any]], metric: str, title:
         for r in rows:
             w.writerow([r["group"][a] for a in axes] + [r["seed"]] + [r.get(k, "") for k in metric_keys])
     summ = summarize(rows, metric)
+    extra = {m: {tuple(x[a] for a in axes): x for x in summarize([r for r in rows if m in r], m)} for m in also}
     md = out_dir / "summary.md"
-    lines = [f"| {' | '.join(axes)} | seeds | {metric} (mean ± std) |",
-             "|" + "---|" * (len(axes) + 2)]
+    lines = [f"| {' | '.join(axes)} | seeds | {metric} (mean ± std) |" + "".join(f" {m} |" for m in also),
+             "|" + "---|" * (len(axes) + 2 + len(also))]
     for s in summ:
-        lines.append(f"| {' | '.join(str(s[a]) for a in axes)} | {s['n']} | {s['mean']:.2f} ± {s['std']:.2f} |")
+        cells = [extra[m].get(tuple(s[a] for a in axes)) for m in also]
+        lines.append(f"| {' | '.join(str(s[a]) for a in axes)} | {s['n']} | {s['mean']:.2f} ± {s['std']:.2f} |" +
+                     "".join(f" {c['mean']:.2f} ± {c['std']:.2f} |" if c else " - |" for c in cells))
     md.write_text("\n".join(lines) + "\n")
     png = out_dir / "summary.png"
     _plot(summ, axes, metric, title, png)
@@ -122,6 +127,7 @@ def main_ablate(argv: Sequence[str]) -> None:
         p.add_argument(f"--{a}", default=None, help=f"'{sep}'-separated values for {key}")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
     p.add_argument("--metric", default="top1")
+    p.add_argument("--also", default="", help="','-separated further metrics for summary.md (e.g. per answer type)")
     p.add_argument("--out", default=None, help="output dir (default runs/ablate/<config name>)")
     a = p.parse_intermixed_args(argv)  # key=value overrides may follow the flags
     axes = {k: [v.strip() for v in getattr(a, k).split(";" if k == "layers" else ",") if v.strip()]
@@ -130,7 +136,8 @@ def main_ablate(argv: Sequence[str]) -> None:
         raise ValueError("give at least one of --variants, --layers, --positions, --sources")
     out = Path(a.out or f"runs/ablate/{Path(a.config).stem}")
     rows = run_ablation(a.config, axes, range(a.seeds), a.overrides, out, a.metric)
-    paths = write_outputs(out, rows, a.metric, f"{Path(a.config).stem}: {a.metric}")
+    also = [m.strip() for m in a.also.split(",") if m.strip()]
+    paths = write_outputs(out, rows, a.metric, f"{Path(a.config).stem}: {a.metric}", also)
     print(paths["md"].read_text())
     print(f"wrote {paths['csv']}, {paths['md']}, {paths['png']}")
 

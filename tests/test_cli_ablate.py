@@ -53,6 +53,10 @@ def test_grid_and_summary(tmp_path: Path) -> None:
     assert "| none | 2 | 81.00 ± 1.41 |" in paths["md"].read_text()
     assert len(list(csv.reader(paths["csv"].open()))) == 5
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    rows[0]["color"], rows[1]["color"], rows[2]["color"] = 50.0, 70.0, 90.0  # frozen_s1 lacks it
+    md = write_outputs(tmp_path, rows, "top1", "t", also=["color", "shape"])["md"].read_text()
+    assert "| variants | seeds | top1 (mean ± std) | color | shape |" in md
+    assert "| none | 2 | 81.00 ± 1.41 | 60.00 ± 14.14 | - |" in md and "| frozen | 2 | 81.00 ± 0.00 | 90.00 ± 0.00 | - |" in md
 
 
 def test_run_ablation_end_to_end(tmp_path: Path) -> None:
