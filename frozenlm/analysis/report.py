@@ -66,9 +66,10 @@ def save_overlay(path: str | os.PathLike, image: Tensor | np.ndarray,
 def _column_key(name: str) -> tuple[int, int]:
     # Magnitude stages in pipeline order, then frequency, then attention; unknown names last.
     from .features import STAGES
+    order = ("fused", *STAGES)  # the VL analysis names its encoder-output stage "fused" (the LMLayer's input)
     stage, _, kind = name.partition("/")
     group = {"mag": 0, "freq": 1}.get(kind, 2 if name.startswith("attn") else 3)
-    return group, STAGES.index(stage) if stage in STAGES else len(STAGES)
+    return group, order.index(stage) if stage in order else len(order)
 
 
 def _columns(results: Mapping[str, Mapping[str, float]]) -> list[str]:
