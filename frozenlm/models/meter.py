@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layer import LMLayer
-from .checkpoint import load_backbone_weights
+from .vit import build_vit_backbone
 from .lm_spec import make_lm_layer
 from .registry import register_model
 
@@ -30,23 +30,7 @@ SMALL_IMAGE_ENCODERS: dict[str, dict[str, Any]] = {
 def build_image_encoder(name: str, img_size: int | None = None, pretrained_path: str | Path | None = None) -> nn.Module:
     """A timm VisionTransformer without classifier (SMALL_IMAGE_ENCODERS or any timm ViT name, e.g.
     vit_base_patch32_clip_224); weights only from a local file."""
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-    if name in SMALL_IMAGE_ENCODERS:
-        args = {**SMALL_IMAGE_ENCODERS[name], "num_classes": 0}
-        if img_size:
-            args["img_size"] = img_size
-        vit = VisionTransformer(**args)
-    else:
-        kw: dict[str, Any] = {"num_classes": 0}
-        if img_size:
-            kw["img_size"] = img_size
-        vit = timm.create_model(name, pretrained=False, **kw)
-        if not isinstance(vit, VisionTransformer):
-            raise ValueError(f"image encoder {name!r} is not a timm VisionTransformer")
-    if pretrained_path:
-        load_backbone_weights(vit, pretrained_path)
-    return vit
+    return build_vit_backbone(name, img_size or None, pretrained_path, presets=SMALL_IMAGE_ENCODERS, num_classes=0)
 
 
 def resolve_text_dir(source: str | Path) -> Path:

@@ -85,6 +85,26 @@ def _freeze_backbone(model: ViTLM) -> None:
             p.requires_grad_(False)
 
 
+def build_vit_backbone(name: str, img_size: int | None = None, pretrained_path: str | Path | None = None,
+                       presets: dict[str, dict[str, Any]] | None = None, **kw: Any) -> nn.Module:
+    """A timm VisionTransformer from a preset (`presets`, default SMALL_VITS) or any timm ViT name,
+    with `kw` (num_classes, in_chans, ...) applied; weights only from a local file."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+    presets = SMALL_VITS if presets is None else presets
+    if img_size is not None:
+        kw["img_size"] = img_size
+    if name in presets:
+        vit = VisionTransformer(**{**presets[name], **kw})
+    else:
+        vit = timm.create_model(name, pretrained=False, **kw)
+        if not isinstance(vit, VisionTransformer):
+            raise ValueError(f"{name!r} is a timm model but not a VisionTransformer; frozenlm's ViT wrapper needs one")
+    if pretrained_path:
+        load_backbone_weights(vit, pretrained_path)
+    return vit
+
+
 def build_vit(name: str, lm: str | dict[str, Any] | LMLayer | None = None, position: str = "tail",
               num_classes: int = 1000, img_size: int | None = None, in_chans: int = 3,
               drop_path_rate: float = 0.0, pretrained_path: str | Path | None = None,
@@ -93,22 +113,8 @@ def build_vit(name: str, lm: str | dict[str, Any] | LMLayer | None = None, posit
 
     freeze: None, or "backbone" to train only the LMLayer's linear maps and the head.
     """
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-    kw: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate, **vit_kwargs)
-    if name in SMALL_VITS:
-        args = {**SMALL_VITS[name], **kw}
-        if img_size is not None:
-            args["img_size"] = img_size
-        vit = VisionTransformer(**args)
-    else:
-        if img_size is not None:
-            kw["img_size"] = img_size
-        vit = timm.create_model(name, pretrained=False, **kw)
-        if not isinstance(vit, VisionTransformer):
-            raise ValueError(f"{name!r} is a timm model but not a VisionTransformer; frozenlm's ViT wrapper needs one")
-    if pretrained_path:
-        load_backbone_weights(vit, pretrained_path)
+    vit = build_vit_backbone(name, img_size, pretrained_path, num_classes=num_classes, in_chans=in_chans,
+                             drop_path_rate=drop_path_rate, **vit_kwargs)
     model = ViTLM(vit, make_lm_layer(vit.embed_dim, lm), position)
     if freeze == "backbone":
         _freeze_backbone(model)
