@@ -5,7 +5,11 @@ import argparse
 import csv
 import itertools
 import json
+import os
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -97,24 +101,64 @@ def _plot(summ: list[dict[str, Any]], axes: list[str], metric: str, title: str, 
 
 
 def run_ablation(config: str, axes: dict[str, list[str]], seeds: Sequence[int], overrides: Sequence[str],
-                 out_dir: Path, metric: str = "top1") -> list[dict[str, Any]]:
-    """Train every grid point (skipping finished ones, so an interrupted ablation resumes)."""
+                 out_dir: Path, metric: str = "top1", jobs: int = 1) -> list[dict[str, Any]]:
+    """Train every grid point (skipping finished ones, so an interrupted ablation resumes).
+
+    jobs > 1 trains that many grid points at once, each in its own `frozenlm train` process with
+    OMP_NUM_THREADS = cores // jobs (unless already set) and its output in <run>/train.log: small
+    CPU runs scale better across processes than across threads of one process.
+    """
     from .config import load_config
-    from .engine.train import train
-    rows = []
     runs = grid(axes, seeds)
+    todo = []
     for i, run in enumerate(runs):
         run_dir = out_dir / run["name"]
-        done = run_dir / "metrics.json"
-        if not done.exists():
+        if not (run_dir / "metrics.json").exists():
+            over = [*overrides, *run["overrides"], f"run_dir={run_dir}"]
+            load_config(config, over)  # a bad override fails here, before any run starts
+            todo.append((i, run, run_dir, over))
+    if jobs <= 1:
+        from .engine.train import train
+        for i, run, run_dir, over in todo:
             print(f"[ablate] {i + 1}/{len(runs)} {run['name']}: {' '.join(run['overrides'])}", flush=True)
-            cfg = load_config(config, [*overrides, *run["overrides"], f"run_dir={run_dir}"])
-            train(cfg)
-        final = json.loads(done.read_text())["final"]
+            train(load_config(config, over))
+    else:
+        _run_parallel(config, todo, len(runs), jobs)
+    rows = []
+    for run in runs:
+        run_dir = out_dir / run["name"]
+        final = json.loads((run_dir / "metrics.json").read_text())["final"]
         if metric not in final:
             raise KeyError(f"metric {metric!r} not in {run_dir}/metrics.json (has {sorted(final)})")
         rows.append({"group": run["group"], "seed": run["seed"], "name": run["name"], **final})
     return rows
+
+
+def _run_parallel(config: str, todo: list[tuple], n_runs: int, jobs: int) -> None:
+    """Run `frozenlm train` subprocesses, at most `jobs` at a time; raise if any of them fails."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    pending, active, failed = list(todo), [], []
+    while pending or active:
+        while pending and len(active) < jobs:
+            i, run, run_dir, over = pending.pop(0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = (run_dir / "train.log").open("a")
+            print(f"[ablate] {i + 1}/{n_runs} {run['name']} started (log: {run_dir / 'train.log'})", flush=True)
+            cmd = [sys.executable, "-m", "frozenlm.cli", "train", config, *over, "progress=false"]
+            active.append((run, run_dir, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+        time.sleep(0.5)
+        for item in list(active):
+            run, run_dir, log, proc = item
+            if proc.poll() is not None:
+                active.remove(item)
+                log.close()
+                ok = proc.returncode == 0 and (run_dir / "metrics.json").exists()
+                print(f"[ablate] {run['name']} {'done' if ok else f'FAILED (exit {proc.returncode})'}", flush=True)
+                if not ok:
+                    failed.append(f"{run['name']} (see {run_dir / 'train.log'})")
+    if failed:
+        raise RuntimeError("ablation runs failed: " + ", ".join(failed))
 
 
 def main_ablate(argv: Sequence[str]) -> None:
@@ -129,13 +173,16 @@ def main_ablate(argv: Sequence[str]) -> None:
     p.add_argument("--metric", default="top1")
     p.add_argument("--also", default="", help="','-separated further metrics for summary.md (e.g. per answer type)")
     p.add_argument("--out", default=None, help="output dir (default runs/ablate/<config name>)")
+    p.add_argument("--jobs", type=int, default=1, help="grid points trained at once, one process each")
     a = p.parse_intermixed_args(argv)  # key=value overrides may follow the flags
     axes = {k: [v.strip() for v in getattr(a, k).split(";" if k == "layers" else ",") if v.strip()]
             for k in AXES if getattr(a, k)}
     if not axes:
         raise ValueError("give at least one of --variants, --layers, --positions, --sources")
     out = Path(a.out or f"runs/ablate/{Path(a.config).stem}")
-    rows = run_ablation(a.config, axes, range(a.seeds), a.overrides, out, a.metric)
+    if a.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {a.jobs}")
+    rows = run_ablation(a.config, axes, range(a.seeds), a.overrides, out, a.metric, a.jobs)
     also = [m.strip() for m in a.also.split(",") if m.strip()]
     paths = write_outputs(out, rows, a.metric, f"{Path(a.config).stem}: {a.metric}", also)
     print(paths["md"].read_text())

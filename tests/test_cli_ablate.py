@@ -71,3 +71,28 @@ def test_run_ablation_end_to_end(tmp_path: Path) -> None:
     mtime = (tmp_path / "none_s0" / "metrics.json").stat().st_mtime
     run_ablation("configs/image/fmnist_smollm2.yaml", {"variants": ["none"]}, [0], over, tmp_path)
     assert (tmp_path / "none_s0" / "metrics.json").stat().st_mtime == mtime
+
+
+def test_run_ablation_parallel_jobs_match_sequential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    over = ["data.subset_train=128", "data.subset_val=64", "batch_size=32", "epochs=1", "progress=false",
+            "eval_every=0"]
+    axes = {"variants": ["none", "mlp"]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = run_ablation("configs/image/fmnist_smollm2.yaml", axes, [0], over, tmp_path / "seq")
+    finally:
+        torch.set_num_threads(threads)
+    par = run_ablation("configs/image/fmnist_smollm2.yaml", axes, [0], over, tmp_path / "par", jobs=2)
+    assert [r["name"] for r in par] == ["none_s0", "mlp_s0"]
+    for s, p in zip(seq, par):
+        assert p["loss"] == pytest.approx(s["loss"], rel=1e-4)  # same seeds, same data: the same runs
+        assert (tmp_path / "par" / p["name"] / "train.log").stat().st_size > 0
+
+
+def test_run_ablation_parallel_failure_names_the_run(tmp_path: Path) -> None:
+    over = ["data.name=imagenet", f"data.root={tmp_path / 'missing'}", "epochs=1", "progress=false"]
+    with pytest.raises(RuntimeError, match=r"none_s0 \(see .*train\.log\)"):
+        run_ablation("configs/image/fmnist_smollm2.yaml", {"variants": ["none"]}, [0], over, tmp_path, jobs=2)
