@@ -100,6 +100,57 @@ def _plot(summ: list[dict[str, Any]], axes: list[str], metric: str, title: str, 
     plt.close(fig)
 
 
+def read_train_curve(run_dir: Path, key: str = "loss") -> tuple[list[int], list[float]]:
+    """(steps, values) of `key` in the "train" records of a run's log.jsonl (the last record per step
+    wins, so a resumed run that re-logged a step is counted once)."""
+    by_step: dict[int, float] = {}
+    path = Path(run_dir) / "log.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("kind") == "train" and key in rec:
+                by_step[int(rec["step"])] = float(rec[key])
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def plot_curves(out_dir: Path, rows: list[dict[str, Any]], key: str = "loss", smooth: int = 5) -> Path | None:
+    """curves.png: training `key` against step, one colour per group (thin: each seed; thick: the mean
+    over seeds at the steps they share), after a running mean over `smooth` logged points."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    groups: dict[str, list[tuple[list[int], list[float]]]] = {}
+    for r in rows:
+        steps, vals = read_train_curve(out_dir / r["name"], key)
+        if steps:
+            groups.setdefault("/".join(str(v) for v in r["group"].values()), []).append((steps, vals))
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    k = max(1, int(smooth))
+    for i, (label, curves) in enumerate(groups.items()):
+        color = f"C{i % 10}"
+        for steps, vals in curves:
+            v = np.convolve(vals, np.ones(k) / k, mode="valid") if len(vals) >= k else np.asarray(vals)
+            ax.plot(steps[len(steps) - len(v):], v, color=color, alpha=0.3, lw=0.8)
+        common = sorted(set.intersection(*(set(s) for s, _ in curves)))
+        if common:
+            mean = np.mean([[dict(zip(s, v))[c] for c in common] for s, v in curves], axis=0)
+            m = np.convolve(mean, np.ones(k) / k, mode="valid") if len(mean) >= k else mean
+            ax.plot(common[len(common) - len(m):], m, color=color, lw=2, label=f"{label} (n={len(curves)})")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"train {key}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def run_ablation(config: str, axes: dict[str, list[str]], seeds: Sequence[int], overrides: Sequence[str],
                  out_dir: Path, metric: str = "top1", jobs: int = 1) -> list[dict[str, Any]]:
     """Train every grid point (skipping finished ones, so an interrupted ablation resumes).
@@ -185,8 +236,9 @@ def main_ablate(argv: Sequence[str]) -> None:
     rows = run_ablation(a.config, axes, range(a.seeds), a.overrides, out, a.metric, a.jobs)
     also = [m.strip() for m in a.also.split(",") if m.strip()]
     paths = write_outputs(out, rows, a.metric, f"{Path(a.config).stem}: {a.metric}", also)
+    curves = plot_curves(out, rows)
     print(paths["md"].read_text())
-    print(f"wrote {paths['csv']}, {paths['md']}, {paths['png']}")
+    print(f"wrote {paths['csv']}, {paths['md']}, {paths['png']}" + (f", {curves}" if curves else ""))
 
 
-__all__ = ["grid", "main_ablate", "run_ablation", "summarize", "write_outputs"]
+__all__ = ["grid", "main_ablate", "plot_curves", "read_train_curve", "run_ablation", "summarize", "write_outputs"]

@@ -96,3 +96,20 @@ def test_run_ablation_parallel_failure_names_the_run(tmp_path: Path) -> None:
     over = ["data.name=imagenet", f"data.root={tmp_path / 'missing'}", "epochs=1", "progress=false"]
     with pytest.raises(RuntimeError, match=r"none_s0 \(see .*train\.log\)"):
         run_ablation("configs/image/fmnist_smollm2.yaml", {"variants": ["none"]}, [0], over, tmp_path, jobs=2)
+
+
+def test_train_curves_are_read_and_plotted(tmp_path: Path) -> None:
+    from frozenlm.ablate import plot_curves, read_train_curve
+    recs = {"a_s0": [(10, 2.0), (20, 1.5), (20, 1.4), (30, 1.0)], "a_s1": [(10, 3.0), (20, 2.0), (30, 1.2)]}
+    for name, pts in recs.items():
+        (tmp_path / name).mkdir()
+        lines = [json.dumps({"kind": "train", "step": s, "loss": v}) for s, v in pts]
+        lines.insert(1, json.dumps({"kind": "eval", "step": 10, "loss": 9.0}))  # eval records are not train loss
+        (tmp_path / name / "log.jsonl").write_text("\n".join(lines) + "\n")
+    # A resumed run re-logs step 20: the later record counts, once.
+    assert read_train_curve(tmp_path / "a_s0") == ([10, 20, 30], [2.0, 1.4, 1.0])
+    assert read_train_curve(tmp_path / "missing") == ([], [])
+    rows = [{"group": {"variants": "a"}, "seed": i, "name": f"a_s{i}"} for i in (0, 1)]
+    path = plot_curves(tmp_path, rows, smooth=2)
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+    assert plot_curves(tmp_path, [{"group": {"variants": "b"}, "seed": 0, "name": "b_s0"}]) is None
