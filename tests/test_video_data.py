@@ -175,6 +175,7 @@ def test_moving_shapes_time_reversal_and_determinism(tmp_path: Path) -> None:
     la, lb = read_video_list(a / "train.csv"), read_video_list(b / "train.csv")
     assert [y for _, y in la] == list(range(12))
     for (pa, _), (pb, _) in zip(la, lb):
+        assert pa.read_bytes() == pb.read_bytes()  # byte-identical files, not only equal frames
         assert np.array_equal(decode_frames(pa, backend="pyav"), decode_frames(pb, backend="pyav"))
 
 
