@@ -104,7 +104,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8, crf: int = 12)
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         # One thread and x264's C kernels: the same frames give the same bytes. (With its AVX-512
-        # kernels, x264 in PyAV's wheel encoded about 1 clip in 4 differently from run to run.)
+        # kernels, x264 in PyAV's wheel encoded 1 in 100 to 1 in 4 clips differently from run to run.)
         stream.options = {"crf": str(crf), "threads": "1", "preset": "medium", "x264-params": "asm=0"}
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
