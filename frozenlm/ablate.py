@@ -130,15 +130,19 @@ def plot_curves(out_dir: Path, rows: list[dict[str, Any]], key: str = "loss", sm
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     k = max(1, int(smooth))
+
+    def running_mean(x: Sequence[float]) -> np.ndarray:
+        return np.convolve(x, np.ones(k) / k, mode="valid") if len(x) >= k else np.asarray(x)
+
     for i, (label, curves) in enumerate(groups.items()):
         color = f"C{i % 10}"
         for steps, vals in curves:
-            v = np.convolve(vals, np.ones(k) / k, mode="valid") if len(vals) >= k else np.asarray(vals)
+            v = running_mean(vals)
             ax.plot(steps[len(steps) - len(v):], v, color=color, alpha=0.3, lw=0.8)
         common = sorted(set.intersection(*(set(s) for s, _ in curves)))
         if common:
             mean = np.mean([[dict(zip(s, v))[c] for c in common] for s, v in curves], axis=0)
-            m = np.convolve(mean, np.ones(k) / k, mode="valid") if len(mean) >= k else mean
+            m = running_mean(mean)
             ax.plot(common[len(common) - len(m):], m, color=color, lw=2, label=f"{label} (n={len(curves)})")
     ax.set_xlabel("step")
     ax.set_ylabel(f"train {key}")
@@ -156,8 +160,7 @@ def run_ablation(config: str, axes: dict[str, list[str]], seeds: Sequence[int], 
     """Train every grid point (skipping finished ones, so an interrupted ablation resumes).
 
     jobs > 1 trains that many grid points at once, each in its own `frozenlm train` process with
-    OMP_NUM_THREADS = cores // jobs (unless already set) and its output in <run>/train.log: small
-    CPU runs scale better across processes than across threads of one process.
+    OMP_NUM_THREADS = cores // jobs (unless already set) and its output in <run>/train.log.
     """
     from .config import load_config
     runs = grid(axes, seeds)
@@ -166,13 +169,13 @@ def run_ablation(config: str, axes: dict[str, list[str]], seeds: Sequence[int], 
         run_dir = out_dir / run["name"]
         if not (run_dir / "metrics.json").exists():
             over = [*overrides, *run["overrides"], f"run_dir={run_dir}"]
-            load_config(config, over)  # a bad override fails here, before any run starts
-            todo.append((i, run, run_dir, over))
+            cfg = load_config(config, over)  # a bad override fails here, before any run starts
+            todo.append((i, run, run_dir, over, cfg))
     if jobs <= 1:
         from .engine.train import train
-        for i, run, run_dir, over in todo:
+        for i, run, _, _, cfg in todo:
             print(f"[ablate] {i + 1}/{len(runs)} {run['name']}: {' '.join(run['overrides'])}", flush=True)
-            train(load_config(config, over))
+            train(cfg)
     else:
         _run_parallel(config, todo, len(runs), jobs)
     rows = []
@@ -192,7 +195,7 @@ def _run_parallel(config: str, todo: list[tuple], n_runs: int, jobs: int) -> Non
     pending, active, failed = list(todo), [], []
     while pending or active:
         while pending and len(active) < jobs:
-            i, run, run_dir, over = pending.pop(0)
+            i, run, run_dir, over, _ = pending.pop(0)
             run_dir.mkdir(parents=True, exist_ok=True)
             log = (run_dir / "train.log").open("a")
             print(f"[ablate] {i + 1}/{n_runs} {run['name']} started (log: {run_dir / 'train.log'})", flush=True)
