@@ -50,8 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "eval_split": "val",
     "save_every_steps": None,
     "keep_last": 2,
-    "best_metric": None,  # e.g. "top1"; null = first key returned by the task's finalize
-    "best_mode": "max",  # max | min
+    "best_metric": None,  # validation metric that picks checkpoints/best; null = the task's primary metric
+    "best_mode": None,  # max | min; null = the task's direction (required when best_metric is another metric)
     "log_every": 20,
     "progress": True,
     "resume": "auto",  # auto | null | path to a checkpoint (or run dir)

@@ -19,7 +19,7 @@ INITS = ("trunc_normal", "default")
 class LMLayer(nn.Module):
     """Frozen language-model block(s) between two trainable bias-free linear maps.
 
-    z' = F_L2(RMSNorm_1(F_LM(F_L1(z)))).float()  — method.md section 1, with variants:
+    z' = F_L2(RMSNorm_1(F_LM(F_L1(z))))  — method.md section 1; z' has z's shape and dtype. Variants:
       none     identity (the baseline; no parameters)
       frozen   pretrained block(s), requires_grad False, kept out of optimizers (default)
       finetune pretrained block(s), trainable
@@ -63,10 +63,13 @@ class LMLayer(nn.Module):
                                  mask=mask, rope=rope, freeze=variant == "frozen")
         elif blocks is None:
             reader, idx = resolve_layers(source, layers)  # architecture only; no weights are read
-            blocks = BlockStack(reader.config, len(idx), mask=mask, rope=rope, layer_indices=idx)
-            init_random_(blocks)
-        self.layer_indices = list(blocks.layer_indices)
-        d_lm = blocks.dim
+            if variant == "random":
+                blocks = BlockStack(reader.config, len(idx), mask=mask, rope=rope, layer_indices=idx)
+                init_random_(blocks)
+        if blocks is None:  # mlp: only the LM's width is needed (a LLaMA-7B block would be 0.8 GB)
+            self.layer_indices, d_lm = list(idx), reader.config.dim
+        else:
+            self.layer_indices, d_lm = list(blocks.layer_indices), blocks.dim
         self.proj_in = nn.Linear(in_dim, d_lm, bias=False)   # F_L1
         self.proj_out = nn.Linear(d_lm, in_dim, bias=False)  # F_L2
         if variant == "mlp":
@@ -93,7 +96,8 @@ class LMLayer(nn.Module):
         return self.variant == "frozen"
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """x: (B, N, in_dim) -> (B, N, in_dim) float32; padding_mask (B, N) bool, True = padded."""
+        """x: (B, N, in_dim) -> (B, N, in_dim) in x's dtype (train or eval, autocast or not);
+        padding_mask (B, N) bool, True = padded."""
         if self.variant == "none":
             return x
         if x.shape[-1] != self.in_dim:
@@ -116,7 +120,10 @@ class LMLayer(nn.Module):
         out = self.proj_out(h)
         if scale is not None:
             out = out.float() * scale
-        return out + x if self.residual == "outer" else out
+        out = out + x if self.residual == "outer" else out
+        # One contract in every mode: the output has the input's dtype (float32 for a float32
+        # residual stream), whether or not autocast ran the matmuls in bf16.
+        return out.to(x.dtype)
 
     def frozen_digest(self) -> str | None:
         """SHA-256 of the frozen tensors (cached), or None when nothing is frozen."""

@@ -69,6 +69,8 @@ class BlobModel(nn.Module):
 class BlobTask:
     """Duck-typed task (no base class) to check the engine needs nothing more than the methods."""
 
+    primary_metric, primary_mode = "top1", "max"
+
     def __init__(self) -> None:
         self.calls = 0
         self.model: nn.Module | None = None

@@ -17,6 +17,7 @@ from frozenlm.layer import count_parameters, frozen_param_names
 from frozenlm.lm.block import RMSNorm
 from frozenlm.models import create_model
 from frozenlm.models.vit import ViTLM
+from _best import assert_best_checkpoint
 
 CONFIG = "configs/image/fmnist_smollm2.yaml"
 
@@ -128,6 +129,7 @@ def test_image_task_trains_checkpoints_and_evaluates(tmp_path: Path) -> None:
         keys = set(f.keys())
     assert not any(k.startswith("lm_layer.blocks.") for k in keys)  # no frozen tensors stored
     assert {"lm_layer.proj_in.weight", "lm_layer.proj_out.weight", "vit.head.weight"} <= keys
+    assert_best_checkpoint(tmp_path / "run", "top1", "max")  # 3 evaluations: best is the best top-1
     again = evaluate(tmp_path / "run")
     assert again["top1"] == pytest.approx(metrics["top1"])
     saved = load_config(tmp_path / "run" / "config.yaml")

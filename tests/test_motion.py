@@ -17,6 +17,7 @@ from frozenlm.engine.train import evaluate, train
 from frozenlm.layer import LMLayer
 from frozenlm.models import create_model
 from frozenlm.tasks.motion_metrics import forecast_finalize, forecast_sums, wta_loss
+from _best import assert_best_checkpoint
 
 CONFIG = "configs/motion/synth_vectornet_smollm2.yaml"
 
@@ -298,6 +299,7 @@ def test_task_trains_evaluates_and_plots(tmp_path: Path) -> None:
     metrics = train(cfg)
     assert {"minADE_6", "minFDE_6", "MR_6", "brier_minFDE_6", "minADE_1", "MR_1", "loss"} <= set(metrics)
     assert metrics["minFDE_6"] <= metrics["minFDE_1"] + 1e-9 and metrics["minADE_6"] > 0
+    assert_best_checkpoint(run, "minFDE_6", "min")
     again = evaluate(run)
     assert again["minFDE_6"] == pytest.approx(metrics["minFDE_6"], rel=1e-6)
     # the split was cached as one tensor file and reloads identically

@@ -21,6 +21,7 @@ from frozenlm.lm.readers.base import CheckpointError
 from frozenlm.models import create_model
 from frozenlm.models.pointbert import PointBERT, load_pointbert_weights
 from frozenlm.tasks.pointcloud import PointCloudClassification, pointcloud_finalize
+from _best import assert_best_checkpoint
 
 TINY = dict(trans_dim=48, depth=2, num_heads=2, encoder_dims=32, num_group=8, group_size=8,
             encoder_widths=(16, 32, 64), drop_path_rate=0.0)
@@ -346,3 +347,4 @@ def test_training_lowers_loss(tmp_path: Path) -> None:
     losses = [r["loss"] for r in log if r["kind"] == "train"]
     assert len(losses) == 40 and sum(losses[-5:]) < 0.5 * sum(losses[:5])
     assert set(metrics) >= {"OA", "mAcc", "loss"} and 0 <= metrics["mAcc"] <= 100
+    assert_best_checkpoint(tmp_path / "run", "OA", "max")

@@ -19,6 +19,7 @@ from frozenlm.engine.train import train
 from frozenlm.models.sqa3d import SceneEncoder, SQA3DNet
 from frozenlm.tasks import sqa3d as sqa3d_task
 from frozenlm.tasks.sqa3d import SituatedQA, sqa3d_finalize
+from _best import assert_best_checkpoint
 
 # ---------------------------------------------------------------- generated rooms
 
@@ -313,7 +314,7 @@ def test_training_lowers_loss_frozen_smollm2(tmp_path: Path) -> None:
     assert {"EM@1", "EM@10", "EM@1/What", "unknown_answers"} <= set(out)
     # val answers unseen in this tiny training split are counted, not dropped
     assert out["unknown_answers"] == task.build_dataset(run_cfg, "val").unknown_answers > 0
-    assert (tmp_path / "run" / "metrics.json").exists()
+    assert_best_checkpoint(tmp_path / "run", "EM@1", "max")
 
 
 def cfg_overrides(cfg) -> list[str]:

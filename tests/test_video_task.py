@@ -12,6 +12,7 @@ from frozenlm.engine.train import train
 from frozenlm.tasks.video import VideoClassification
 
 from _video_fixtures import lm_layer
+from _best import assert_best_checkpoint
 
 CONFIG = "configs/video/shapes_smollm2.yaml"
 
@@ -33,6 +34,7 @@ def test_training_lowers_the_loss_and_reports_per_class_accuracy(tmp_path: Path,
     assert len(losses) == 24 and sum(losses[-5:]) < 0.8 * sum(losses[:5])
     assert set(metrics) >= {"top1", "top5", "mean_class_acc", "class_acc/00_moving_left_to_right"}
     assert metrics["top5"] >= metrics["top1"] > 100 / 12  # better than chance after 24 steps
+    assert_best_checkpoint(tmp_path / "run", "top1", "max")
     per_class = [v for k, v in metrics.items() if k.startswith("class_acc/")]
     assert len(per_class) == 12
     assert metrics["mean_class_acc"] == pytest.approx(sum(per_class) / 12)  # balanced val set

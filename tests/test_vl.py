@@ -16,6 +16,7 @@ from frozenlm.models import create_model
 from frozenlm.tasks.retrieval import RetrievalTask, itc_itm_loss, recall_at_k, rerank
 from frozenlm.tasks.vl_common import TextCollate, vl_param_groups
 from frozenlm.tasks.vqa import VQATask, vqa_loss
+from _best import assert_best_checkpoint
 
 VQA_CFG = "configs/vqa/easyvqa_smollm2.yaml"
 RET_CFG = "configs/retrieval/easyvqa_captions_smollm2.yaml"
@@ -289,6 +290,8 @@ def test_vqa_and_retrieval_train_and_evaluate_through_the_engine(tmp_path: Path)
                                            f"run_dir={tmp_path / 'ret'}"]))
     assert [k for k in r if k != "train_loss"][:4] == ["rsum", "IR@1", "IR@5", "IR@10"]
     assert all(0 <= r[k] <= 100 for k in ("IR@1", "TR@10")) and r["IR@1"] <= r["IR@5"] <= r["IR@10"]
+    assert_best_checkpoint(tmp_path / "vqa", "overall", "max")
+    assert_best_checkpoint(tmp_path / "ret", "rsum", "max")
     again = evaluate(tmp_path / "ret")  # a fresh task object: the whole ranking is rebuilt
     assert again["IR@5"] == pytest.approx(r["IR@5"]) and again["TR@1"] == pytest.approx(r["TR@1"])
     assert json.loads((tmp_path / "vqa" / "metrics.json").read_text())["final"]["overall"] == pytest.approx(v["overall"])

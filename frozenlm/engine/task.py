@@ -1,15 +1,32 @@
-"""Task registry: a task supplies model, data, loss and metrics; the engine does the rest."""
+"""Task registry: a task supplies model, data, loss and metrics; the engine does the rest.
+
+Built-in tasks are listed by name as ``"module:Class"`` strings and imported only when asked for,
+so the engine imports no task and a broken task module fails loudly for that task alone.
+"""
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-__all__ = ["Task", "register_task", "get_task", "registered_tasks"]
+__all__ = ["Task", "register_task", "get_task", "registered_tasks", "primary_metric", "BUILTIN_TASKS"]
 
 _TASKS: dict[str, "Task"] = {}
+
+#: name -> "module:Class" of every task that ships with frozenlm (imported lazily by get_task).
+BUILTIN_TASKS: dict[str, str] = {
+    "image": "frozenlm.tasks.image:ImageClassification",
+    "image_cluttered": "frozenlm.tasks.image_cluttered:ClutteredImageClassification",
+    "motion": "frozenlm.tasks.motion:MotionForecasting",
+    "pointcloud": "frozenlm.tasks.pointcloud:PointCloudClassification",
+    "retrieval": "frozenlm.tasks.retrieval:RetrievalTask",
+    "sqa3d": "frozenlm.tasks.sqa3d:SituatedQA",
+    "video": "frozenlm.tasks.video:VideoClassification",
+    "vqa": "frozenlm.tasks.vqa:VQATask",
+}
 
 
 class Task:
@@ -18,7 +35,13 @@ class Task:
     ``eval_batch`` returns SUMS (counts, summed losses, per-class vectors...). The engine adds them
     over batches and all-reduces them over ranks before ``finalize`` turns them into metrics, so
     metrics are exact regardless of batch size or world size.
+
+    ``primary_metric`` names the validation metric that picks ``checkpoints/best`` when the config
+    sets no ``best_metric``, and ``primary_mode`` says whether higher ("max") or lower ("min") is better.
     """
+
+    primary_metric: str = ""
+    primary_mode: str = "max"
 
     def build_model(self, cfg: Any) -> nn.Module:
         """Build the model (frozen LM blocks included) on CPU."""
@@ -37,7 +60,7 @@ class Task:
         raise NotImplementedError
 
     def finalize(self, sums: dict[str, torch.Tensor], cfg: Any) -> dict[str, float]:
-        """Turn globally summed values into metrics (first key is the default 'best' metric)."""
+        """Turn globally summed values into metrics (``primary_metric`` must be among them)."""
         raise NotImplementedError
 
     def collate_fn(self, cfg: Any, split: str) -> Optional[Callable]:
@@ -60,25 +83,35 @@ def register_task(name: str) -> Callable[[Any], Any]:
 
 
 def registered_tasks() -> list[str]:
-    """Names of all registered tasks."""
-    _import_builtin_tasks()
-    return sorted(_TASKS)
+    """Names of all tasks: the built-in ones and any registered by user code."""
+    return sorted(set(_TASKS) | set(BUILTIN_TASKS))
 
 
 def get_task(name: str) -> Task:
-    """The task registered under ``name``; a clear error lists the known ones."""
+    """The task registered under ``name``; a clear error lists the known ones.
+
+    A built-in task's module is imported on first use; its ImportError (a missing optional
+    package, a bug) propagates with the task named, instead of turning into "unknown task".
+    """
+    if name not in _TASKS and name in BUILTIN_TASKS:
+        module, _, cls = BUILTIN_TASKS[name].partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ImportError(f"task {name!r} cannot be used: importing {module} failed: {e}") from e
+        if name not in _TASKS:
+            raise RuntimeError(f"{module} was imported but did not register task {name!r} (class {cls})")
     if name not in _TASKS:
-        _import_builtin_tasks()
-    if name not in _TASKS:
-        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS) or 'none'} "
-                       "(set `task:` in the config)")
+        raise KeyError(f"unknown task {name!r}; known tasks: {registered_tasks()} (set `task:` in the config)")
     return _TASKS[name]
 
 
-def _import_builtin_tasks() -> None:
-    # Task modules register themselves on import; importing lazily keeps the engine free of
-    # heavy task dependencies (timm, video decoders...) until a task is actually asked for.
-    try:
-        import frozenlm.tasks  # noqa: F401
-    except ImportError:
-        pass
+def primary_metric(task: Any, task_name: str) -> tuple[str, str]:
+    """``(metric, mode)`` a task declares for choosing the best checkpoint; an error if it declares none."""
+    name, mode = getattr(task, "primary_metric", ""), getattr(task, "primary_mode", "max")
+    if not name:
+        raise ValueError(f"task {task_name!r} declares no primary_metric; set best_metric (and best_mode) in the "
+                         f"config, or give the task class `primary_metric = ...` and `primary_mode = 'max'|'min'`")
+    if mode not in ("max", "min"):
+        raise ValueError(f"task {task_name!r}: primary_mode must be 'max' or 'min', got {mode!r}")
+    return name, mode

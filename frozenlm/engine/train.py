@@ -31,7 +31,7 @@ from frozenlm.engine.logging import RunLogger
 from frozenlm.engine.optim import base_lr, build_optimizer, param_groups, schedule_lr, set_lr
 from frozenlm.engine.precision import autocast, check_precision, make_scaler, resolve_precision
 from frozenlm.engine.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
-from frozenlm.engine.task import Task, get_task
+from frozenlm.engine.task import Task, get_task, primary_metric
 
 __all__ = ["train", "evaluate", "run_eval", "main_train", "main_eval", "validate_config", "to_device"]
 
@@ -65,10 +65,26 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"max_steps must be a positive integer or null, got {cfg.max_steps!r}")
     if cfg.save_every_steps is not None and (not isinstance(cfg.save_every_steps, int) or cfg.save_every_steps < 1):
         raise ValueError(f"save_every_steps must be a positive integer or null, got {cfg.save_every_steps!r}")
-    if cfg.best_mode not in ("max", "min"):
-        raise ValueError(f"best_mode must be max or min, got {cfg.best_mode!r}")
+    if cfg.best_mode not in ("max", "min", None):
+        raise ValueError(f"best_mode must be max, min or null (the task's direction), got {cfg.best_mode!r}")
     if cfg.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
+
+
+def best_rule(cfg: Config, task: Task) -> tuple[str, str]:
+    """(metric, mode) that picks ``checkpoints/best``: ``best_metric``/``best_mode`` if set, else the
+    task's declared primary validation metric and its direction."""
+    name, mode = cfg.best_metric, cfg.best_mode
+    if name is None:
+        name, task_mode = primary_metric(task, cfg.task)
+        return name, mode or task_mode
+    if mode is None:
+        declared = getattr(task, "primary_metric", "")
+        if name != declared:
+            raise ValueError(f"best_metric={name!r} is not the task's primary metric ({declared or 'none declared'}), "
+                             f"so its direction is unknown: set best_mode=max or best_mode=min")
+        mode = getattr(task, "primary_mode", "max")
+    return str(name), mode
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -173,7 +189,9 @@ class _Trainer:
         self.scaler = make_scaler(cfg.precision, device)
         self.ema = ModelEma(self.model, cfg.ema.decay) if cfg.ema.decay else None
         self.step = 0
-        self.best: dict[str, Any] = {"metric": cfg.best_metric, "value": None, "step": None}
+        self.best_rule = best_rule(cfg, self.task)
+        self.best: dict[str, Any] = {"metric": self.best_rule[0], "mode": self.best_rule[1], "value": None,
+                                     "step": None}
         self.last_metrics: dict[str, float] = {}
 
         resume = broadcast_object(_find_resume(cfg, self.run_dir), info)
@@ -248,16 +266,17 @@ class _Trainer:
             metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
         return metrics
 
-    def _is_best(self, metrics: dict[str, float]) -> bool:
-        name = self.best["metric"] or next(iter(metrics), None)
-        if name is None:
-            return False
-        if name not in metrics:
-            raise KeyError(f"best_metric {name!r} is not among the task's metrics {sorted(metrics)}")
-        value, old = metrics[name], self.best["value"]
-        better = old is None or (value > old if self.cfg.best_mode == "max" else value < old)
+    def _is_best(self, eval_metrics: dict[str, float]) -> bool:
+        """Whether this evaluation beats the best so far. Only validation metrics compete: the
+        metric is ``best_metric`` or the task's declared primary metric, never a training loss."""
+        name, mode = self.best_rule
+        if name not in eval_metrics:
+            raise KeyError(f"best_metric {name!r} is not among the validation metrics {sorted(eval_metrics)}; "
+                           f"set best_metric to one of them")
+        value, old = eval_metrics[name], self.best["value"]
+        better = old is None or (value > old if mode == "max" else value < old)
         if better:
-            self.best = {"metric": name, "value": value, "step": self.step}
+            self.best = {"metric": name, "mode": mode, "value": value, "step": self.step}
         return better
 
     def _train_step(self, it: Any, lr: float) -> torch.Tensor:
@@ -321,8 +340,9 @@ class _Trainer:
                     end_of_epoch and cfg.eval_every and (self.step // self.spe) % cfg.eval_every == 0))
                 is_best = False
                 if do_eval:
-                    self.last_metrics.update(self._eval(log))
-                    is_best = self._is_best(self.last_metrics)
+                    eval_metrics = self._eval(log)
+                    self.last_metrics.update(eval_metrics)
+                    is_best = self._is_best(eval_metrics)
                 if do_eval or at_end or (cfg.save_every_steps and self.step % cfg.save_every_steps == 0):
                     self._save(is_best)
                 if at_end or end_of_epoch:

@@ -49,6 +49,8 @@ class PartTagged(Dataset):
 class ImageClassification(Task):
     """ViT(+LMLayer) classifier; top-1/top-5, 200-class logit masking for ImageNet-A/R."""
 
+    primary_metric, primary_mode = "top1", "max"
+
     def __init__(self) -> None:
         self._mixup: Any = None
         self._loss: nn.Module | None = None

@@ -29,6 +29,8 @@ def _loss_args(cfg: Any) -> tuple[float, float]:
 class MotionForecasting(Task):
     """Predict the focal agent's future (K modes + scores); metrics minADE/minFDE/MR at K=1 and 6."""
 
+    primary_metric, primary_mode = "minFDE_6", "min"
+
     def build_model(self, cfg: Any) -> nn.Module:
         return create_model(cfg.model.name, **motion_model_kwargs(cfg))
 

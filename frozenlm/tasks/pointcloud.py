@@ -36,6 +36,8 @@ def pointcloud_finalize(sums: dict[str, Tensor]) -> dict[str, float]:
 class PointCloudClassification(Task):
     """Point-BERT(+LMLayer) classifier with Point-BERT's batch sampling, augmentation and optional voting."""
 
+    primary_metric, primary_mode = "OA", "max"
+
     def build_model(self, cfg: Any) -> nn.Module:
         kw = dict(cfg.model)
         name = kw.pop("name")

@@ -70,6 +70,8 @@ def itc_itm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Te
 class RetrievalTask(Task):
     """ITC + ITM training on (image, caption) pairs; whole-split ranking at evaluation."""
 
+    primary_metric, primary_mode = "rsum", "max"
+
     def __init__(self) -> None:
         self._eval_ds: Any = None
         self._cache: dict[str, Any] = {}

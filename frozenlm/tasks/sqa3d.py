@@ -99,6 +99,8 @@ def sqa3d_finalize(sums: dict[str, Tensor]) -> dict[str, float]:
 class SituatedQA(Task):
     """SQA3DNet(+LMLayer): answer cross-entropy plus the optional situation-localisation loss."""
 
+    primary_metric, primary_mode = "EM@1", "max"
+
     def build_model(self, cfg: Any) -> nn.Module:
         words, answers = vocabularies(cfg.data)
         kw = dict(cfg.model)

@@ -40,6 +40,8 @@ class VideoClassification(Task):
     V = temporal clips x spatial crops views before scoring, as in VideoMAE's test protocol.
     """
 
+    primary_metric, primary_mode = "top1", "max"
+
     def __init__(self) -> None:
         self._mixup: Any = None
         self._loss: nn.Module | None = None

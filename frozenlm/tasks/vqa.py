@@ -21,6 +21,8 @@ def vqa_loss(logits: Tensor, target: Tensor) -> Tensor:
 class VQATask(Task):
     """Answer classification over a fixed vocabulary with soft targets."""
 
+    primary_metric, primary_mode = "overall", "max"
+
     def build_model(self, cfg: Any) -> nn.Module:
         n = cfg.model.get("num_answers")
         if not n:
