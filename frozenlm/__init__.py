@@ -3,5 +3,20 @@ from .layer import LMLayer, count_parameters, frozen_param_names, frozen_sources
 from .lm import BlockConfig, BlockStack, CheckpointError, load_blocks, source_config
 
 __version__ = "0.1.0"
-__all__ = ["LMLayer", "BlockConfig", "BlockStack", "CheckpointError", "count_parameters", "frozen_param_names",
+
+_SUBMODULES = ("ablate", "analysis", "bench", "config", "data", "engine", "layer", "lm", "models", "tasks")
+
+
+def __getattr__(name: str):
+    # `frozenlm.models.create_model` and `frozenlm.load_trained` work after a bare `import frozenlm`,
+    # without importing the heavier parts (timm, the engine) on every import.
+    import importlib
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name == "load_trained":
+        from .engine.trained import load_trained
+        return load_trained
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["LMLayer", "load_trained", "BlockConfig", "BlockStack", "CheckpointError", "count_parameters", "frozen_param_names",
            "frozen_sources", "load_blocks", "source_config", "__version__"]

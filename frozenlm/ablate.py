@@ -163,13 +163,14 @@ def run_ablation(config: str, axes: dict[str, list[str]], seeds: Sequence[int], 
     OMP_NUM_THREADS = cores // jobs (unless already set) and its output in <run>/train.log.
     """
     from .config import load_config
+    from .engine.task import task_schema
     runs = grid(axes, seeds)
     todo = []
     for i, run in enumerate(runs):
         run_dir = out_dir / run["name"]
         if not (run_dir / "metrics.json").exists():
             over = [*overrides, *run["overrides"], f"run_dir={run_dir}"]
-            cfg = load_config(config, over)  # a bad override fails here, before any run starts
+            cfg = load_config(config, over, schema_for=task_schema)  # a bad key fails here, before any run starts
             todo.append((i, run, run_dir, over, cfg))
     if jobs <= 1:
         from .engine.train import train

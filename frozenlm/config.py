@@ -9,11 +9,12 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "DEFAULTS", "load_config", "make_config", "apply_overrides", "deep_merge"]
+__all__ = ["Config", "ConfigError", "DEFAULTS", "KeySchema", "load_config", "make_config", "apply_overrides",
+           "deep_merge", "check_keys", "check_types", "engine_schema", "section"]
 
 #: Engine keys every config has; tasks add their own ``model`` / ``data`` sections on top.
 DEFAULTS: dict[str, Any] = {
@@ -41,12 +42,15 @@ DEFAULTS: dict[str, Any] = {
         "warmup_lr": 1.0e-6,
         "min_lr": 1.0e-5,
         "clip_grad": None,
+        "schedule": "cosine",  # cosine (warmup, then cosine to min_lr) | step (x gamma at each milestone epoch)
+        "milestones": [],  # step schedule: epochs at which the LR is multiplied by gamma
+        "gamma": 0.1,
         "lr_mult": {},  # {name pattern: multiplier}; prefix or substring of the parameter name
         "no_decay_lr_mult": 1.0,  # extra LR multiplier for parameters without weight decay
         "no_weight_decay": ["pos_embed", "cls_token", "dist_token"],
     },
     "ema": {"decay": None, "eval": False},
-    "eval_every": 1,  # epochs; 0/null = only at the end
+    "eval_every": 1,  # epochs; 0 = only at the end; null = never evaluate (no validation set is built)
     "eval_split": "val",
     "save_every_steps": None,
     "keep_last": 2,
@@ -145,8 +149,9 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """Read one file and resolve its ``_base_`` chain (paths relative to the file)."""
+def _read_yaml(path: Path, seen: tuple[Path, ...], files: list | None = None) -> dict[str, Any]:
+    """Read one file and resolve its ``_base_`` chain (paths relative to the file); ``files``
+    collects (path, the file's own keys) for every file of the chain."""
     path = path.resolve()
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
@@ -164,7 +169,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         bases = [bases]
     merged: dict[str, Any] = {}
     for base in bases:
-        merged = deep_merge(merged, _read_yaml(path.parent / base, (*seen, path)))
+        merged = deep_merge(merged, _read_yaml(path.parent / base, (*seen, path), files))
+    if files is not None:
+        files.append((path, data))
     return deep_merge(merged, data)
 
 
@@ -178,8 +185,133 @@ def _dotted_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (value parsed as safe YAML); ``+key=value`` adds a key."""
+class KeySchema:
+    """The dotted keys a config may hold, as a tree.
+
+    A node without children is a leaf: any value (a mapping too) is accepted there. A node with
+    children accepts only those, plus any key when it has a ``*`` child (an open mapping such as
+    ``optim.lr_mult``). Keys are names only, never defaults: for many keys "absent" and "null"
+    mean different things to the code that reads them.
+    """
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self.tree: dict[str, Any] = {}
+        self.add(keys)
+
+    def add(self, keys: Iterable[str]) -> "KeySchema":
+        """Declare more dotted keys (``a.b``; ``a.*`` opens the mapping ``a``)."""
+        for key in keys:
+            node = self.tree
+            for part in key.split("."):
+                node = node.setdefault(part, {})
+        return self
+
+    def allows(self, key: str) -> bool:
+        """Whether the dotted ``key`` may appear in a config."""
+        node = self.tree
+        for part in key.split("."):
+            if not node:  # a leaf: anything below it is the value's own business
+                return True
+            if part in node:
+                node = node[part]
+            elif "*" in node:
+                return True
+            else:
+                return False
+        return True
+
+    def keys(self) -> list[str]:
+        """Every declared dotted key (for did-you-mean suggestions)."""
+        out: list[str] = []
+
+        def walk(node: dict, prefix: str) -> None:
+            for k, v in node.items():
+                if k != "*":
+                    out.append(prefix + k)
+                    walk(v, prefix + k + ".")
+        walk(self.tree, "")
+        return out
+
+
+def section(prefix: str, *names: str) -> tuple[str, ...]:
+    """Dotted keys ``prefix.name`` for each name (a task's declaration of one config section)."""
+    return tuple(f"{prefix}.{n}" for n in names)
+
+
+def engine_schema() -> KeySchema:
+    """The engine's own keys (every key of ``DEFAULTS``); ``optim.lr_mult`` is an open mapping."""
+    return KeySchema(_dotted_keys(DEFAULTS)).add(["optim.lr_mult.*"])
+
+
+def check_keys(data: Mapping[str, Any], schema: KeySchema) -> list[str]:
+    """Dotted keys of ``data`` that ``schema`` does not allow (the outermost unknown key of each branch)."""
+    bad: list[str] = []
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            full = f"{prefix}{k}"
+            if not schema.allows(full):
+                bad.append(full)
+            elif isinstance(v, Mapping):
+                walk(v, full + ".")
+    walk(data, "")
+    return bad
+
+
+def unknown_keys_message(bad: Sequence[str], schema: KeySchema, where: str, task: Any = None) -> str:
+    """One error text for unknown keys, with close matches for each."""
+    known = schema.keys()
+    lines = []
+    for key in bad:
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        lines.append(f"  {key}" + (f"  (did you mean: {', '.join(close)}?)" if close else ""))
+    owner = f"task {task!r}" if task else "the engine"
+    return (f"{where}: unknown config key{'s' if len(bad) > 1 else ''}, read by neither the engine nor {owner}:\n"
+            + "\n".join(lines) + "\nRemove or rename them (a key nobody reads would be silently ignored).")
+
+
+# Engine keys whose default is not null but that may be set to null on purpose.
+_NULLABLE = {"resume", "eval_every", "repeated_aug", "progress"}
+
+
+def check_types(cfg: Mapping[str, Any]) -> None:
+    """Refuse engine values of the wrong kind (``optim=5``, ``optim.lr=abc``) with the key named,
+    before they turn into an AttributeError or a TypeError deep inside torch."""
+    def kind(v: Any) -> str:
+        if isinstance(v, bool):
+            return "a boolean (true/false)"
+        if isinstance(v, (int, float)):
+            return "a number"
+        if isinstance(v, str):
+            return "a string"
+        if isinstance(v, (list, tuple)):
+            return "a list"
+        if isinstance(v, Mapping):
+            return "a mapping (a section of keys)"
+        return type(v).__name__
+
+    def walk(default: Mapping[str, Any], value: Mapping[str, Any], prefix: str) -> None:
+        for k, d in default.items():
+            if k not in value:
+                continue
+            full, v = f"{prefix}{k}", value[k]
+            if d is None or (v is None and full in _NULLABLE):
+                continue
+            if isinstance(d, Mapping) and isinstance(v, Mapping):
+                if d:  # an empty default is an open mapping
+                    walk(d, v, full + ".")
+                continue
+            if kind(d) != kind(v):
+                raise ConfigError(f"config key {full} must be {kind(d)} (default {d!r}), got {v!r}")
+    walk(DEFAULTS, cfg, "")
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], schema: KeySchema | None = None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (value parsed as safe YAML).
+
+    A key must already be in ``data`` or be declared by ``schema``. ``+key=value`` adds any key;
+    it is meant for tasks that declare no schema (user tasks), since a declared key needs no ``+``.
+    """
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -193,38 +325,61 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             value = _yaml_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"cannot parse value of override {item!r}: {e}") from e
+        declared = schema is not None and schema.allows(key)
         parts = key.split(".")
         node = data
         for i, part in enumerate(parts[:-1]):
-            if part not in node:
-                if not add:
-                    _unknown(key, data)
+            if part not in node or node[part] is None:
+                if not (add or declared):
+                    _unknown(key, data, schema)
                 node[part] = {}
             if not isinstance(node[part], dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a mapping")
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is {node[part]!r}, not a section "
+                                  f"of keys, so it has no {parts[i + 1]!r}")
             node = node[part]
-        if parts[-1] not in node and not add:
-            _unknown(key, data)
+        if parts[-1] not in node and not (add or declared):
+            _unknown(key, data, schema)
         node[parts[-1]] = value
     return data
 
 
-def _unknown(key: str, data: Mapping[str, Any]) -> None:
-    close = difflib.get_close_matches(key, _dotted_keys(data), n=5, cutoff=0.6)
+def _unknown(key: str, data: Mapping[str, Any], schema: KeySchema | None = None) -> None:
+    known = set(_dotted_keys(data)) | set(schema.keys() if schema is not None else ())
+    close = difflib.get_close_matches(key, sorted(known), n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ConfigError(f"unknown config key {key!r}.{hint} (write +{key}=... to add a new key)")
+    extra = "" if schema is not None else f" (write +{key}=... to add a new key)"
+    raise ConfigError(f"unknown config key {key!r}.{hint}{extra}")
 
 
-def make_config(data: Mapping[str, Any], overrides: Iterable[str] = (), name: str | None = None) -> Config:
-    """Build a :class:`Config` from a dict: merge ``DEFAULTS`` under it, then apply overrides."""
+SchemaFor = Callable[[Any], "KeySchema | None"]
+
+
+def make_config(data: Mapping[str, Any], overrides: Iterable[str] = (), name: str | None = None,
+                schema: KeySchema | None = None) -> Config:
+    """Build a :class:`Config` from a dict: merge ``DEFAULTS`` under it, then apply overrides
+    (checked against ``schema`` when given) and check the engine values' types."""
     merged = deep_merge(DEFAULTS, data)
-    merged = apply_overrides(merged, overrides)
+    merged = apply_overrides(merged, overrides, schema)
     if merged.get("name") is None and name is not None:
         merged["name"] = name
+    check_types(merged)
     return Config(merged)
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Load a YAML config with its ``_base_`` chain, engine defaults and ``key=value`` overrides."""
+def load_config(path: str | Path, overrides: Iterable[str] = (), schema_for: SchemaFor | None = None) -> Config:
+    """Load a YAML config with its ``_base_`` chain, engine defaults and ``key=value`` overrides.
+
+    With ``schema_for`` (task name -> :class:`KeySchema`, as ``frozenlm.engine.task.task_schema``
+    gives), every file of the chain and every override is checked: an unknown key is an error that
+    names the file, the key and the closest known keys.
+    """
     path = Path(path)
-    return make_config(_read_yaml(path, ()), overrides, name=path.stem)
+    files: list[tuple[Path, dict[str, Any]]] = []
+    data = _read_yaml(path, (), files)
+    schema = schema_for(data.get("task")) if schema_for is not None else None
+    if schema is not None:
+        for file, own in files:
+            bad = check_keys(own, schema)
+            if bad:
+                raise ConfigError(unknown_keys_message(bad, schema, str(file), data.get("task")))
+    return make_config(data, overrides, name=path.stem, schema=schema)

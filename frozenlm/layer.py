@@ -1,6 +1,7 @@
 """The sandwich: F_L2( unitRMSNorm( F_LM( F_L1(z) ) ) ) with the paper's controls as variants."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,6 +15,12 @@ from .lm.stack import BlockStack
 VARIANTS = ("none", "frozen", "finetune", "random", "mlp")
 RESIDUALS = ("none", "inner", "outer")
 INITS = ("trunc_normal", "default")
+
+
+def lm_config_keys(prefix: str = "model.lm") -> tuple[str, ...]:
+    """Config keys of an ``lm:`` section: the LMLayer arguments a YAML file can give."""
+    names = [n for n in inspect.signature(LMLayer.__init__).parameters if n not in ("self", "in_dim", "blocks")]
+    return tuple(f"{prefix}.{n}" for n in names)
 
 
 class LMLayer(nn.Module):
@@ -141,7 +148,10 @@ class LMLayer(nn.Module):
         if not self.is_frozen or self.blocks is None:
             return None
         dtype = str(self.blocks.layers[0].attn.q.weight.dtype).replace("torch.", "")
-        return {"source": self.source, "layers": self.layer_indices, "dtype": dtype, "digest": self.frozen_digest()}
+        # `source` is where the weights were read (a hint for finding them again); the digest, the
+        # layer indices, the architecture and the attention mode are what identify the frozen block.
+        return {"source": self.source, "layers": self.layer_indices, "dtype": dtype, "digest": self.frozen_digest(),
+                "arch": self.blocks.cfg.to_dict(), "mask": self.blocks.mask, "rope": self.blocks.rope}
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, variant={self.variant}, source={self.source}, " \
@@ -185,5 +195,5 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"trainable": tr, "frozen": fr, "total": tr + fr}
 
 
-__all__: Sequence[str] = ["LMLayer", "VARIANTS", "count_parameters", "frozen_param_names",
+__all__: Sequence[str] = ["LMLayer", "VARIANTS", "count_parameters", "frozen_param_names", "lm_config_keys",
                           "frozen_sources", "lm_layers", "trainable_parameters"]

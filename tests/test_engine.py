@@ -142,13 +142,21 @@ def test_checkpoint_pointers_and_pruning(trained):
     assert set(dirs) == {"step_0000008", "step_0000012"} | {best}  # keep_last=2 plus best
 
 
-def test_load_refuses_other_frozen_source(trained):
-    run_dir, _ = trained
+def test_load_verifies_frozen_weights_by_digest_not_by_path(trained):
+    run_dir, metrics = trained
     with pytest.raises(CheckpointError, match=r"lm: digest differs"):
         load_checkpoint(run_dir, fx.BlobModel(block_seed=1))
-    with pytest.raises(CheckpointError, match=r"lm: source differs \(checkpoint 'tiny-test', model 'other'\)"):
-        load_checkpoint(run_dir, fx.BlobModel(source="other"))
     load_checkpoint(run_dir, fx.BlobModel())  # same source loads
+    # The same weights read from another path (the LM folder was moved) load, with a warning ...
+    with pytest.warns(UserWarning, match=r"source path changed \(lm: 'tiny-test' -> 'moved/elsewhere'\)"):
+        load_checkpoint(run_dir, fx.BlobModel(source="moved/elsewhere"))
+    # ... and `frozenlm eval` with the new path gives the same numbers.
+    with pytest.warns(UserWarning, match="source path changed"):
+        again = evaluate(run_dir, ["data.source=moved/elsewhere"])
+    assert again["top1"] == metrics["top1"]
+    # Other weights under the old path are still refused.
+    with pytest.raises(CheckpointError, match=r"digest differs"):
+        evaluate(run_dir, ["data.block_seed=2"])
 
 
 def test_load_reports_missing_unexpected_and_shape(trained):
@@ -311,3 +319,24 @@ def test_repeated_augmentation_sampler_and_seeds() -> None:
     assert ds[(0, 5)] == ds[(0, 5, 0)] and ds[(0, 5, 1)] != ds[(0, 5, 0)]
     with pytest.raises(ValueError, match="repeated_aug"):
         EpochSampler(size, 6, repeats=0)
+
+
+def test_moved_lm_folder_loads_and_other_mode_is_refused(tmp_path):
+    # A real HF checkpoint: train-time LMLayer at one path, the folder moved, the model rebuilt from the new path.
+    import ckpt_factory as F
+    from frozenlm import LMLayer
+    from frozenlm.engine.checkpoint import save_checkpoint
+    src = F.save_hf(F.make_model("llama", seed=5), tmp_path / "lm_a")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(LMLayer(12, source=str(src)))
+    save_checkpoint(tmp_path / "ck", 1, model, {"step": 1}, {"config": {}})
+    moved = tmp_path / "lm_b"
+    src.rename(moved)
+    again = torch.nn.Sequential(LMLayer(12, source=str(moved)))
+    with pytest.warns(UserWarning, match="source path changed"):
+        load_checkpoint(tmp_path / "ck" / "step_0000001", again)
+    assert torch.equal(again[0].proj_in.weight, model[0].proj_in.weight)
+    # same weights, but causal attention: a different block, refused and named
+    causal = torch.nn.Sequential(LMLayer(12, source=str(moved), mask="causal"))
+    with pytest.raises(CheckpointError, match=r"0: mask differs \(checkpoint 'none', model 'causal'\)"):
+        load_checkpoint(tmp_path / "ck" / "step_0000001", causal)

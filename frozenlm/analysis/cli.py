@@ -38,15 +38,12 @@ DEFAULTS: dict[str, Any] = {"data": "cluttered", "root": None, "out": "analysis"
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, Any, Path]:
     """(model in eval mode with the checkpoint's weights, its config, the resolved step dir)."""
-    from ..config import make_config
     from ..engine import checkpoint as ckpt
-    from ..engine.task import get_task
+    from ..engine.trained import load_trained
 
     path = ckpt.resolve_checkpoint(checkpoint)
-    cfg = make_config(ckpt.read_meta(path)["config"], [])
-    model = get_task(cfg.task).build_model(cfg)
-    ckpt.load_checkpoint(path, model)
-    return model.to(device).eval(), cfg, path
+    model, cfg = load_trained(path, (), device)
+    return model, cfg, path
 
 
 def _mean_std(cfg: Any, in_chans: int) -> tuple[Tensor, Tensor]:

@@ -177,6 +177,10 @@ def imagenet_transform(cfg: Mapping[str, Any], train: bool) -> Callable:
     return tf
 
 
+#: data keys read by build_mixup / build_loss (tasks that use them declare these).
+MIXUP_KEYS = ("mixup", "cutmix", "cutmix_minmax", "mixup_prob", "mixup_switch_prob", "mixup_mode", "smoothing")
+
+
 def build_mixup(cfg: Mapping[str, Any], num_classes: int):
     """``timm.data.Mixup`` when ``mixup`` or ``cutmix`` (alphas) > 0, else ``None``.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +34,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_train_
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "train_state.pt", "meta.json"
 _TMP_PREFIX = ".tmp_"
+_POINTERS = ("latest", "best")
 
 
 class CheckpointError(RuntimeError):
@@ -120,9 +122,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_file():
-        target = path.parent / path.read_text().strip()
-        if not target.is_dir():
-            raise CheckpointError(f"pointer {path} names {target}, which does not exist")
+        if path.name in (MODEL_FILE, STATE_FILE, META_FILE):  # a file inside a step dir: use the dir
+            return path.parent
+        if path.name not in _POINTERS:
+            raise CheckpointError(f"{path} is not a checkpoint: give a run dir, its checkpoints/ dir, a step_* dir, "
+                                  f"a file inside one ({MODEL_FILE}, {META_FILE}), or a latest/best pointer")
+        name = path.read_bytes()[:256].decode("utf-8", "replace").strip()
+        target = path.parent / name
+        if not name.startswith("step_") or not target.is_dir():
+            raise CheckpointError(f"pointer {path} names {name!r}, which is not a step directory next to it")
         return target
     if (path / META_FILE).exists() or (path / MODEL_FILE).exists():
         return path
@@ -209,22 +217,35 @@ def load_train_state(ckpt_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {path} (corrupt or truncated?): {e}") from e
 
 
+#: Fields of a frozen reference that identify the block; `source` is only where it was read from.
+IDENTITY_FIELDS = ("digest", "layers", "dtype", "arch", "mask", "rope")
+
+
 def _check_frozen_sources(saved: dict[str, dict], current: dict[str, dict], where: Path) -> None:
-    problems = []
+    """Refuse a model whose frozen blocks differ from the checkpoint's (by digest, layer indices,
+    architecture, dtype or attention mode). A different source path with the same weights is
+    accepted with a warning: LM folders get moved. Fields a checkpoint predates are not compared."""
+    problems, moved = [], []
     for mod in sorted(set(saved) | set(current)):
         if mod not in current:
             problems.append(f"{mod}: in the checkpoint but not in the model")
         elif mod not in saved:
             problems.append(f"{mod}: in the model but not in the checkpoint")
         else:
-            for field in sorted(set(saved[mod]) | set(current[mod])):
-                a, b = saved[mod].get(field), current[mod].get(field)
-                if a != b:
-                    problems.append(f"{mod}: {field} differs (checkpoint {a!r}, model {b!r})")
+            for field in IDENTITY_FIELDS:
+                if field in saved[mod] and saved[mod][field] != current[mod].get(field):
+                    problems.append(f"{mod}: {field} differs (checkpoint {saved[mod][field]!r}, "
+                                    f"model {current[mod].get(field)!r})")
+            if saved[mod].get("source") != current[mod].get("source"):
+                moved.append(f"{mod}: {saved[mod].get('source')!r} -> {current[mod].get('source')!r}")
     if problems:
-        raise CheckpointError(f"frozen LM source mismatch for {where}:\n  " + "\n  ".join(problems)
-                              + "\nThe checkpoint was trained with a different frozen block; build the model "
-                              "with the same source/layers (and the same weights file).")
+        hint = (f" (the model reads it from {', '.join(moved)})" if moved else "")
+        raise CheckpointError(f"frozen LM block mismatch for {where}:\n  " + "\n  ".join(problems)
+                              + f"\nThe checkpoint was trained with a different frozen block{hint}; build the model "
+                              "with the same LM weights and layers (e.g. model.lm.source=PATH_TO_THE_SAME_LM).")
+    if moved:
+        warnings.warn(f"{where}: frozen LM source path changed ({'; '.join(moved)}); the weights match the "
+                      f"checkpoint's digest, layers and architecture, so they are used", stacklevel=3)
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, *, check_frozen: bool = True) -> dict[str, Any]:

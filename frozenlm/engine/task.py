@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-__all__ = ["Task", "register_task", "get_task", "registered_tasks", "primary_metric", "BUILTIN_TASKS"]
+from frozenlm.config import KeySchema, engine_schema
+
+__all__ = ["Task", "register_task", "get_task", "registered_tasks", "primary_metric", "task_schema", "BUILTIN_TASKS"]
 
 _TASKS: dict[str, "Task"] = {}
 
@@ -42,6 +44,9 @@ class Task:
 
     primary_metric: str = ""
     primary_mode: str = "max"
+    #: Every config key the task reads beyond the engine's (dotted names, ``a.*`` = open mapping).
+    #: Unknown keys are refused; a task that leaves this as None gets its own sections unchecked.
+    config_keys: Optional[tuple[str, ...]] = None
 
     def build_model(self, cfg: Any) -> nn.Module:
         """Build the model (frozen LM blocks included) on CPU."""
@@ -115,3 +120,18 @@ def primary_metric(task: Any, task_name: str) -> tuple[str, str]:
     if mode not in ("max", "min"):
         raise ValueError(f"task {task_name!r}: primary_mode must be 'max' or 'min', got {mode!r}")
     return name, mode
+
+
+def task_schema(task_name: Any) -> Optional[KeySchema]:
+    """The keys a config for ``task_name`` may hold: the engine's plus the task's ``config_keys``.
+    ``None`` when no task is named yet (the config is then checked once it is)."""
+    if not task_name:
+        return None
+    keys = getattr(get_task(str(task_name)), "config_keys", None)
+    schema = engine_schema()
+    if keys is None:
+        import warnings
+        warnings.warn(f"task {task_name!r} declares no config_keys: keys outside the engine's sections are not "
+                      f"checked, so a misspelt key there would be ignored", stacklevel=2)
+        return schema.add(["*"])
+    return schema.add(keys)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from frozenlm.config import Config, load_config, make_config
+from frozenlm.config import Config, ConfigError, check_keys, load_config, make_config, unknown_keys_message
 from frozenlm.engine import checkpoint as ckpt
 from frozenlm.engine.data import build_loader
 from frozenlm.engine.distributed import (DistInfo, all_reduce_sums, broadcast_object, init_distributed,
@@ -31,7 +31,8 @@ from frozenlm.engine.logging import RunLogger
 from frozenlm.engine.optim import base_lr, build_optimizer, param_groups, schedule_lr, set_lr
 from frozenlm.engine.precision import autocast, check_precision, make_scaler, resolve_precision
 from frozenlm.engine.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
-from frozenlm.engine.task import Task, get_task, primary_metric
+from frozenlm.engine.task import Task, get_task, primary_metric, task_schema
+from frozenlm.engine.trained import load_trained
 
 __all__ = ["train", "evaluate", "run_eval", "main_train", "main_eval", "validate_config", "to_device"]
 
@@ -373,6 +374,10 @@ def train(cfg: Config | Mapping[str, Any]) -> dict[str, float]:
     the group at the end (barrier + destroy) if it created it.
     """
     cfg = _as_config(cfg)
+    schema = task_schema(cfg.get("task"))
+    bad = check_keys(cfg, schema) if schema is not None else []
+    if bad:
+        raise ConfigError(unknown_keys_message(bad, schema, "config", cfg.task))
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_precision(cfg.precision, device)
     cfg.precision = resolve_precision(cfg.precision, device)
@@ -387,16 +392,13 @@ def evaluate(checkpoint_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
     """Rebuild the model from a checkpoint's saved config (plus ``overrides``, e.g.
     ``eval_split=test``), load its weights and evaluate; adds ``ema_*`` metrics if ``ema.eval``."""
     path = ckpt.resolve_checkpoint(checkpoint_dir)
-    meta = ckpt.read_meta(path)
-    cfg = make_config(meta["config"], overrides)
+    model, cfg = load_trained(path, overrides)
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_precision(cfg.precision, device)
     cfg.precision = resolve_precision(cfg.precision, device)
     info = init_distributed(cfg.distributed.backend, device)
     task = get_task(cfg.task)
-    seed_all(cfg.seed)
-    model = task.build_model(cfg).to(device)
-    ckpt.load_checkpoint(path, model)
+    model.to(device)
     ds = task.build_dataset(cfg, cfg.eval_split)
     if ds is None:
         raise ValueError(f"task {cfg.task!r} has no {cfg.eval_split!r} split")
@@ -438,7 +440,7 @@ def _print_metrics(prefix: str, metrics: Mapping[str, Any]) -> None:
 def main_train(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """``CONFIG [key=value ...]`` -> :func:`train`; exits the process at once under torchrun."""
     args = _parse(argv, "train")
-    metrics = train(load_config(args.path, args.overrides))
+    metrics = train(load_config(args.path, args.overrides, schema_for=task_schema))
     _print_metrics("final ", metrics)
     _exit_if_distributed()
     return metrics

@@ -16,6 +16,9 @@ from ..data.imagenet_variants import ImageNetCConcat, summarize_imagenet_c
 from ..engine.classification import classification_finalize, topk_sums
 from ..engine.task import Task, register_task
 from ..models import create_model
+from ..config import section
+from ..data.transforms import MIXUP_KEYS
+from ..layer import lm_config_keys
 
 
 def model_kwargs(cfg: Any) -> dict[str, Any]:
@@ -45,11 +48,27 @@ class PartTagged(Dataset):
         return x, y, bisect.bisect_right(self.ds.cumulative_sizes, i)
 
 
+#: model keys of the ViT(+LMLayer) classifier ("*": any timm VisionTransformer argument; timm checks those).
+VIT_MODEL_KEYS = (
+    *section("model", "name", "position", "num_classes", "img_size", "in_chans", "drop_path_rate",
+             "pretrained_path", "freeze", "*"),
+    *lm_config_keys("model.lm"),
+)
+
+
 @register_task("image")
 class ImageClassification(Task):
     """ViT(+LMLayer) classifier; top-1/top-5, 200-class logit masking for ImageNet-A/R."""
 
     primary_metric, primary_mode = "top1", "max"
+    config_keys = (
+        *VIT_MODEL_KEYS,
+        *section("data", "name", "root", "num_classes", "train_dir", "val_dir", "subset_train", "subset_val",
+                 "subset_seed", "download", "train_shards", "val_shards", "cache_index", "label_space",
+                 "strict_wnids", "corruptions", "severities", "img_size", "in_chans", "mean", "std", "crop_padding",
+                 "hflip", "reprob", "auto_augment", "remode", "recount", "interpolation", "scale", "color_jitter",
+                 "crop_pct", *MIXUP_KEYS),
+    )
 
     def __init__(self) -> None:
         self._mixup: Any = None

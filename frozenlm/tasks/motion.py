@@ -9,6 +9,8 @@ from ..data.motion import MotionDataset, build_motion_dataset, collate_motion
 from ..engine.task import Task, register_task
 from ..models import create_model
 from .motion_metrics import forecast_finalize, forecast_sums, wta_loss
+from ..config import section
+from ..layer import lm_config_keys
 
 
 def motion_model_kwargs(cfg: Any) -> dict[str, Any]:
@@ -30,6 +32,14 @@ class MotionForecasting(Task):
     """Predict the focal agent's future (K modes + scores); metrics minADE/minFDE/MR at K=1 and 6."""
 
     primary_metric, primary_mode = "minFDE_6", "min"
+    config_keys = (
+        *section("model", "name", "hidden", "subgraph_depth", "future", "modes", "position", "enc_layers",
+                 "dec_layers", "heads"),
+        *lm_config_keys("model.lm"),
+        *section("data", "name", "history", "future", "radius", "max_agents", "max_lanes", "skip_invalid",
+                 "num_train", "num_val", "root", "synth_seed", "cache_dir", "lanes_file", "observed"),
+        *section("loss", "cls_weight", "relax"),
+    )
 
     def build_model(self, cfg: Any) -> nn.Module:
         return create_model(cfg.model.name, **motion_model_kwargs(cfg))

@@ -65,20 +65,16 @@ def plot_predictions(model: nn.Module, dataset: MotionDataset, path: str | Path,
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """CLI: rebuild a trained model from its checkpoint and plot a few validation scenes."""
-    from ..config import make_config
-    from ..engine import checkpoint as ckpt
     from ..engine.task import get_task
+    from ..engine.trained import load_trained
     ap = argparse.ArgumentParser(prog="python -m frozenlm.tasks.motion_plot")
     ap.add_argument("checkpoint", help="run dir or checkpoint dir of a motion run")
     ap.add_argument("--out", required=True)
     ap.add_argument("--split", default="val")
     ap.add_argument("--indices", default="0,1,2,3,4,5")
     a = ap.parse_args(argv)
-    path = ckpt.resolve_checkpoint(a.checkpoint)
-    cfg = make_config(ckpt.read_meta(path)["config"])
+    model, cfg = load_trained(a.checkpoint)
     task = get_task(cfg.task)
-    model = task.build_model(cfg)
-    ckpt.load_checkpoint(path, model)
     ds = task.build_dataset(cfg, a.split)
     variant = cfg.model.get("lm", {}).get("variant", "none")
     out = plot_predictions(model, ds, a.out, [int(i) for i in a.indices.split(",")],

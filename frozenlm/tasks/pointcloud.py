@@ -15,6 +15,8 @@ from ..data.pointcloud import build_pointcloud_dataset, sample_points, scale_and
 from ..engine.optim import param_groups
 from ..engine.task import Task, register_task
 from ..models import create_model
+from ..config import section
+from ..layer import lm_config_keys
 
 __all__ = ["PointCloudClassification", "pointcloud_finalize"]
 
@@ -37,6 +39,16 @@ class PointCloudClassification(Task):
     """Point-BERT(+LMLayer) classifier with Point-BERT's batch sampling, augmentation and optional voting."""
 
     primary_metric, primary_mode = "OA", "max"
+    config_keys = (
+        *section("model", "name", "num_classes", "pretrained_path", "trans_dim", "depth", "num_heads",
+                 "encoder_dims", "num_group", "group_size", "encoder_widths", "drop_path_rate", "head_dropout",
+                 "fps_start"),
+        *lm_config_keys("model.lm"),
+        *section("data", "name", "root", "num_classes", "num_points", "train_fps_points", "augment", "smoothing",
+                 "votes", "variant", "file_points", "train_per_class", "test_per_class", "shapes", "cache_dir",
+                 "shapes_seed"),
+        "optim.adapter_lr_mult",
+    )
 
     def build_model(self, cfg: Any) -> nn.Module:
         kw = dict(cfg.model)

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from ..data.retrieval import build_retrieval_dataset
 from ..engine.task import Task, register_task
 from .vl_common import build_vl_model, text_collate, vl_param_groups
+from ..config import section
+from .vl_common import VL_MODEL_KEYS
 
 KS = (1, 5, 10)
 
@@ -71,6 +73,12 @@ class RetrievalTask(Task):
     """ITC + ITM training on (image, caption) pairs; whole-split ranking at evaluation."""
 
     primary_metric, primary_mode = "rsum", "max"
+    config_keys = (  # no model.num_answers: retrieval has no answer head
+        *VL_MODEL_KEYS,
+        *section("data", "name", "root", "ann_file", "image_dir", "img_size", "subset_train", "subset_val",
+                 "subset_seed", "unique_texts", "max_text_len"),
+        *section("retrieval", "k_candidates", "fusion_batch"),
+    )
 
     def __init__(self) -> None:
         self._eval_ds: Any = None

@@ -22,6 +22,8 @@ from ..data.sqa3d import (SituatedQADataset, build_answer_vocab, build_word_voca
                           load_scene_points, read_sqa3d_split, rooms_to_samples)
 from ..engine.task import Task, register_task
 from ..models import create_model
+from ..config import section
+from ..layer import lm_config_keys
 
 __all__ = ["SituatedQA", "sqa3d_finalize", "load_samples", "vocabularies"]
 
@@ -100,6 +102,15 @@ class SituatedQA(Task):
     """SQA3DNet(+LMLayer): answer cross-entropy plus the optional situation-localisation loss."""
 
     primary_metric, primary_mode = "EM@1", "max"
+    config_keys = (
+        *section("model", "name", "dim", "word_dim", "heads", "fusion_depth", "num_tokens", "num_seeds", "radii",
+                 "neighbours", "scene_widths", "text_encoder", "dropout", "aux_head", "lm_init"),
+        *lm_config_keys("model.lm"),
+        *section("data", "name", "num_points", "max_situation_len", "max_question_len", "max_answers",
+                 "scene_points", "train_scenes", "val_scenes", "test_scenes", "cache_dir", "rooms_seed",
+                 "min_objects", "max_objects", "root", "scene_dir", "on_missing"),
+        "loss.aux_weight",
+    )
 
     def build_model(self, cfg: Any) -> nn.Module:
         words, answers = vocabularies(cfg.data)

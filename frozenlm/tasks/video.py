@@ -14,6 +14,9 @@ from ..engine.classification import classification_finalize, topk_sums
 from ..engine.optim import param_groups as engine_param_groups
 from ..engine.task import Task, register_task
 from ..models import create_model
+from ..config import section
+from ..data.transforms import MIXUP_KEYS
+from ..layer import lm_config_keys
 
 
 def layer_decay_groups(model: nn.Module, cfg: Any, decay: float) -> list[dict]:
@@ -41,6 +44,17 @@ class VideoClassification(Task):
     """
 
     primary_metric, primary_mode = "top1", "max"
+    config_keys = (
+        *section("model", "name", "layer_decay", "num_classes", "num_frames", "img_size", "pretrained_path",
+                 "patch_size", "tubelet_size", "embed_dim", "depth", "num_heads", "in_chans", "mlp_ratio",
+                 "qkv_bias", "drop_rate", "drop_path_rate", "init_scale", "grad_checkpointing"),
+        *lm_config_keys("model.lm"),
+        *section("data", "name", "num_classes", "root", "n_train", "n_val", "gen_seed", "frame_size", "gen_frames",
+                 "labels_json", "train_json", "val_json", "video_dir", "ext", "train_csv", "val_csv", "classes",
+                 "train_list", "val_list", "sampling", "num_frames", "interval", "img_size", "short_side", "scale",
+                 "ratio", "hflip", "auto_augment", "test_clips", "test_crops", "on_error", "min_frames", "backend",
+                 "cache", *MIXUP_KEYS),
+    )
 
     def __init__(self) -> None:
         self._mixup: Any = None

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from ..engine.optim import param_groups as engine_param_groups
+from ..config import section
+from ..layer import lm_config_keys
 from ..models import create_model
 
 # Module groups of frozenlm.models.meter.METER -> parameter-name prefixes.
@@ -19,6 +21,15 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "heads": ("vqa_head.", "itm_head.", "pool_image.", "pool_text.", "itc_image.", "itc_text.", "logit_scale"),
     "lm_layer": ("lm_layer.",),
 }
+
+
+#: model keys of the METER-style model shared by the vqa and retrieval tasks.
+VL_MODEL_KEYS = (
+    *section("model", "name", "lr_mult", "freeze_text", "hidden", "fusion_layers", "heads", "embed_dim", "dropout"),
+    *section("model.image", "name", "img_size", "pretrained_path"),
+    *section("model.text", "source", "num_layers", "freeze_embeddings"),
+    *lm_config_keys("model.lm"),
+)
 
 
 def build_vl_model(cfg: Any, num_answers: int) -> nn.Module:

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from ..data.vqa import ANSWER_TYPES, build_vqa_dataset
 from ..engine.task import Task, register_task
 from .vl_common import build_vl_model, text_collate, vl_param_groups
+from ..config import section
+from .vl_common import VL_MODEL_KEYS
 
 
 def vqa_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -22,6 +24,12 @@ class VQATask(Task):
     """Answer classification over a fixed vocabulary with soft targets."""
 
     primary_metric, primary_mode = "overall", "max"
+    config_keys = (
+        *VL_MODEL_KEYS, "model.num_answers",
+        *section("data", "name", "root", "img_size", "subset_train", "subset_val", "subset_seed", "max_text_len",
+                 "vocab_file", "num_answers", "min_answer_count"),
+        "vqa.image_control",
+    )
 
     def build_model(self, cfg: Any) -> nn.Module:
         n = cfg.model.get("num_answers")
