@@ -8,9 +8,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from frozenlm.engine.syncbn import convert_sync_batchnorm
 
 __all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sums", "broadcast_object",
-           "resolve_device"]
+           "resolve_device", "wrap_ddp"]
 
 
 @dataclass
@@ -63,6 +67,21 @@ def init_distributed(backend: str, device: torch.device) -> DistInfo:
         kwargs["device_id"] = device
     dist.init_process_group(**kwargs)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, owns_group=True)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device,
+             find_unused_parameters: bool = False) -> tuple[nn.Module, DistributedDataParallel]:
+    """Synchronise ``model``'s BatchNorm layers over the ranks, then wrap it in DDP.
+
+    Per-rank BatchNorm statistics would make N processes train another model than 1 process with
+    the same global batch. The conversion keeps the Parameter and buffer objects, so an optimizer
+    or EMA built on ``model`` stays valid, and the state-dict keys. Returns (model, ddp); ``model``
+    is a new object only if it is itself a BatchNorm layer.
+    """
+    model = convert_sync_batchnorm(model, device)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                  find_unused_parameters=find_unused_parameters)
+    return model, ddp
 
 
 def shutdown_distributed(info: DistInfo, hard_exit: bool = False) -> None:

@@ -19,13 +19,12 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from frozenlm.config import Config, ConfigError, check_keys, load_config, make_config, unknown_keys_message
 from frozenlm.engine import checkpoint as ckpt
 from frozenlm.engine.data import build_loader
 from frozenlm.engine.distributed import (DistInfo, all_reduce_sums, broadcast_object, init_distributed,
-                                         resolve_device, shutdown_distributed)
+                                         resolve_device, shutdown_distributed, wrap_ddp)
 from frozenlm.engine.ema import ModelEma
 from frozenlm.engine.logging import RunLogger
 from frozenlm.engine.optim import base_lr, build_optimizer, param_groups, schedule_lr, set_lr
@@ -202,10 +201,8 @@ class _Trainer:
             seed_all(cfg.seed + info.rank)  # per-rank stream for dropout / mixup
 
         self.ddp = None
-        if info.enabled:
-            self.ddp = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=bool(cfg.distributed.find_unused_parameters))
+        if info.enabled:  # BatchNorm becomes synchronised: N processes train the model 1 process does
+            self.model, self.ddp = wrap_ddp(self.model, device, bool(cfg.distributed.find_unused_parameters))
         self.train_loader = _loader(self.task, self.train_ds, cfg, info, device, "train", True)
         self.val_loader = (_loader(self.task, self.val_ds, cfg, info, device, cfg.eval_split, False)
                            if self.val_ds is not None else None)
@@ -242,7 +239,7 @@ class _Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
+            self.ema.load_state_dict(state["ema"], where=str(info["path"]))
         if hasattr(self.task, "load_state_dict") and "task" in state:
             self.task.load_state_dict(state["task"])
         self.step, self.best = int(state["step"]), dict(state["best"])
@@ -408,7 +405,7 @@ def evaluate(checkpoint_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
         state = ckpt.load_train_state(path)
         if state.get("ema"):
             ema = ModelEma(model, cfg.ema.decay or 0.5)
-            ema.load_state_dict(state["ema"])
+            ema.load_state_dict(state["ema"], where=str(path))
             with ema.swapped_in(model):
                 metrics.update({f"ema_{k}": v for k, v in run_eval(task, model, loader, cfg, info, device).items()})
     shutdown_distributed(info)
