@@ -27,33 +27,54 @@ def unpermute_rotary(w: Tensor, n_heads: int) -> Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *rest).transpose(1, 2).reshape(rows, *rest)
 
 
+_LAYER_SPEC_HELP = ("give a layer index (-1 = last), a list ([30, 31]), a range string ('28:30', '-2:') "
+                    "or a comma list ('-2,-1')")
+
+
+def _layer_int(x: Any, spec: Any) -> int:
+    # bool is an int subclass (True would silently mean layer 1); floats are refused unless whole.
+    if isinstance(x, bool) or isinstance(x, float) and not x.is_integer():
+        raise CheckpointError(f"layer spec {spec!r} is not valid ({x!r} is not a layer index): {_LAYER_SPEC_HELP}")
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"layer spec {spec!r} is not valid ({x!r} is not a layer index): "
+                              f"{_LAYER_SPEC_HELP}") from None
+
+
 def parse_layers(spec: Any, n_layers: int) -> list[int]:
-    """Turn -1, [30, 31], "-2:", "28:30", "31" or "-2,-1" into absolute indices, checked."""
-    if isinstance(spec, int):
-        items: list[Any] = [spec]
+    """Turn -1, [30, 31], "-2:", "28:30", "31" or "-2,-1" into absolute indices, checked:
+    in range, each layer once, and nothing that is not an integer index (True, 1.5, "abc")."""
+    if isinstance(spec, (int, float)):
+        items: list[Any] = [_layer_int(spec, spec)]
     elif isinstance(spec, str):
         s = spec.strip()
         if ":" in s:
             a, b = s.split(":", 1)
-            start = int(a) if a.strip() else 0
-            stop = int(b) if b.strip() else n_layers
+            start = _layer_int(a, spec) if a.strip() else 0
+            stop = _layer_int(b, spec) if b.strip() else n_layers
             start = start + n_layers if start < 0 else start
             stop = stop + n_layers if stop < 0 else stop
             items = list(range(start, stop))
             if not items:
                 raise CheckpointError(f"layer range {spec!r} is empty for a model with {n_layers} layers")
         else:
-            items = [int(t) for t in s.split(",") if t.strip()]
+            items = [_layer_int(t, spec) for t in s.split(",") if t.strip()]
+    elif isinstance(spec, (list, tuple)):
+        items = [_layer_int(t, spec) for t in spec]
     else:
-        items = list(spec)
+        raise CheckpointError(f"layer spec {spec!r} is not valid: {_LAYER_SPEC_HELP}")
     if not items:
         raise CheckpointError("no layers selected: give at least one index (e.g. -1 for the last layer)")
-    out = []
+    out: list[int] = []
     for i in items:
-        j = int(i) + n_layers if int(i) < 0 else int(i)
+        j = i + n_layers if i < 0 else i
         if not 0 <= j < n_layers:
             raise CheckpointError(f"layer index {i} is out of range: the model has {n_layers} layers "
                                   f"(valid: 0..{n_layers - 1} or -{n_layers}..-1)")
+        if j in out:
+            raise CheckpointError(f"layer spec {spec!r} selects layer {j} twice; each layer can be used once "
+                                  f"(several layers run in the order given)")
         out.append(j)
     return out
 
