@@ -321,7 +321,7 @@ def _vectorize_all(paths: Iterable[Any], read: Callable[[Any], Scene], kw: dict[
     paths = list(paths)
     for p in tqdm(paths, desc=desc, leave=False, disable=len(paths) < 50):
         try:
-            scene = policy.call(lambda: read(p), str(p))
+            scene = policy.call(lambda: read(p))
             if scene is None:
                 continue
             samples.append(vectorize(scene, **kw))
