@@ -107,6 +107,33 @@ def test_modelnet_cache_follows_file_content(tmp_path: Path) -> None:
     assert torch.equal(again.points[0], first.points[0]) and not torch.equal(again.points[1], first.points[1])
 
 
+class _Section(dict):
+    """A config section as the builders see it (``.get`` and attribute access)."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _write_vqav2(root: Path, answers: list[list[str]]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        qs = [{"question_id": i, "image_id": i, "question": "what?"} for i in range(len(answers))]
+        anns = [{"question_id": i, "answers": [{"answer": a} for a in ans], "answer_type": "other"}
+                for i, ans in enumerate(answers)]
+        (root / f"v2_OpenEnded_mscoco_{split}2014_questions.json").write_text(json.dumps({"questions": qs}))
+        (root / f"v2_mscoco_{split}2014_annotations.json").write_text(json.dumps({"annotations": anns}))
+
+
+def test_vqav2_vocabulary_follows_annotations_and_settings(tmp_path: Path) -> None:
+    from frozenlm.data.vqa import build_vqav2
+    root = tmp_path / "vqa"
+    _write_vqav2(root, [["red"] * 10, ["blue"] * 6 + ["red"] * 4])
+    cfg = _Section(root=str(root), img_size=32, min_answer_count=1, num_answers=2)
+    assert build_vqav2(cfg, "val").vocab == ["red", "blue"]
+    assert build_vqav2(_Section(cfg, num_answers=1), "val").vocab == ["red"]  # a setting changed
+    _write_vqav2(root, [["green"] * 10, ["blue"] * 6 + ["green"] * 4])  # the annotations changed
+    assert build_vqav2(cfg, "val").vocab == ["green", "blue"]
+
+
 # ----------------------------------------------------------------------------- atomic writes
 
 def test_failed_write_leaves_no_cache_file(tmp_path: Path) -> None:

@@ -431,6 +431,7 @@ def build_motion_dataset(cfg: Any, split: str) -> Optional[MotionDataset]:
     else:
         raise ValueError(f"data.name must be synth, av2 or av1, got {name!r}")
     key = cache_key({**settings, "folder": str(split_dir.resolve())}, files, split_dir)
-    cache = Path(cfg.get("cache_dir") or split_dir.parent / ".frozenlm_cache").expanduser() / f"{split}_{key}.safetensors"
-    return load_or_build(cache, lambda: MotionDataset(*_vectorize_all(dirs, read, kw, skip, f"{name} {split}", policy)),
+    cache_dir = Path(cfg.get("cache_dir") or split_dir.parent / ".frozenlm_cache").expanduser()
+    return load_or_build(cache_dir / f"{split}_{key}.safetensors",
+                         lambda: MotionDataset(*_vectorize_all(dirs, read, kw, skip, f"{name} {split}", policy)),
                          _cache_save, _cache_load)

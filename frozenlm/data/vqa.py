@@ -312,8 +312,11 @@ def vqav2_vocab(cfg: Any) -> list[str]:
         key = cache_key({"what": "vqav2_answer_vocab", "version": 1, "num_answers": top_k, "min_count": min_count},
                         [ann], root)
         path = root / f"frozenlm_answer_vocab_{key}.json"
-    return load_or_build(path, lambda: answer_vocab([r["answers"] for r in read_vqav2(root, "train")], top_k, min_count),
-                         lambda vocab, tmp: tmp.write_text(json.dumps(vocab)), lambda p: json.loads(p.read_text()))
+    def build() -> list[str]:
+        return answer_vocab([r["answers"] for r in read_vqav2(root, "train")], top_k, min_count)
+
+    return load_or_build(path, build, lambda vocab, tmp: tmp.write_text(json.dumps(vocab)),
+                         lambda p: json.loads(p.read_text()))
 
 
 def build_vqav2(cfg: Any, split: str) -> VQADataset:
