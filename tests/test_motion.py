@@ -302,9 +302,9 @@ def test_task_trains_evaluates_and_plots(tmp_path: Path) -> None:
     assert_best_checkpoint(run, "minFDE_6", "min")
     again = evaluate(run)
     assert again["minFDE_6"] == pytest.approx(metrics["minFDE_6"], rel=1e-6)
-    # the split was cached as one tensor file and reloads identically
+    # the split was cached as one safetensors file and reloads identically
     ds1 = build_motion_dataset(cfg.data, "val")
-    assert len(list((tmp_path / "synth").glob("val_*.pt"))) == 1 and len(ds1) == 4
+    assert len(list((tmp_path / "synth").glob("val_*.safetensors"))) == 1 and len(ds1) == 4
     from frozenlm.tasks.motion_plot import main as plot_main
     plot_main([str(run), "--out", str(tmp_path / "p.png"), "--indices", "0,1"])
     assert (tmp_path / "p.png").stat().st_size > 10_000

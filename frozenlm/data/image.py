@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
-from torchvision.datasets import ImageFolder
 
+from .errors import FilePolicy, on_error_policy
+from .folder import CheckedImageFolder
 from .imagenet_variants import (
     ImageNetCConcat,
     WnidImageFolder,
@@ -154,13 +155,14 @@ _FOLDER_LAYOUT = "<root>/<split dir>/<class>/<image> (e.g. root/train/n01440764/
 
 
 def build_image_folder(path: str | os.PathLike, transform: Callable | None = None,
-                       num_classes: int | None = None) -> ImageFolder:
-    """torchvision ``ImageFolder`` with clear errors for a missing folder or a class-count mismatch."""
+                       num_classes: int | None = None, policy: FilePolicy | None = None) -> CheckedImageFolder:
+    """torchvision ``ImageFolder`` with clear errors for a missing folder, a class-count mismatch
+    and unreadable images (``policy``: raise, or skip them; see :mod:`frozenlm.data.errors`)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"image folder {str(path)!r} does not exist; expected layout {_FOLDER_LAYOUT}")
     try:
-        ds = ImageFolder(str(path), transform=transform)
+        ds = CheckedImageFolder(path, transform=transform, policy=policy)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"image folder {str(path)!r} has no usable class folders/images ({e}); "
                                 f"expected layout {_FOLDER_LAYOUT}") from e
@@ -209,10 +211,13 @@ def build_image_dataset(cfg_data: Mapping[str, Any], split: str = "train", train
 
     ``train`` picks training augmentation (default: ``split == 'train'``); ``transform``
     overrides the configured one.  Every returned dataset has ``classes`` and
-    ``num_classes`` (see :func:`get_num_classes`, :func:`get_class_names`).
+    ``num_classes`` (see :func:`get_num_classes`, :func:`get_class_names`). Datasets of image
+    files follow ``data.on_error`` (raise | skip) for unreadable images; collate their batches
+    with :class:`~frozenlm.data.errors.DropSkipped`.
     """
     cfg = _data_section(cfg_data)
     name = cfg.get("name")
+    policy = on_error_policy(cfg)
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown data.name {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     train = (split == "train") if train is None else bool(train)
@@ -231,7 +236,7 @@ def build_image_dataset(cfg_data: Mapping[str, Any], split: str = "train", train
     if root is None and name != "tarshards":
         raise ValueError(f"data.root must be set for data.name={name!r}")
     if name == "imagefolder":
-        ds = build_image_folder(Path(root) / _split_dir(cfg, split), tf, nc)
+        ds = build_image_folder(Path(root) / _split_dir(cfg, split), tf, nc, policy)
     elif name == "tarshards":
         key = "train_shards" if split == "train" else "val_shards"
         spec = cfg.get(key)
@@ -239,20 +244,21 @@ def build_image_dataset(cfg_data: Mapping[str, Any], split: str = "train", train
             if root is None:
                 raise ValueError(f"tarshards needs data.{key} (dir/glob of .tar) or data.root")
             spec = str(Path(root) / _split_dir(cfg, split))
-        ds = TarShardDataset(spec, transform=tf, num_classes=nc, cache_index=bool(cfg.get("cache_index", True)))
+        ds = TarShardDataset(spec, transform=tf, num_classes=nc, cache_index=bool(cfg.get("cache_index", True)),
+                             policy=policy)
     elif name in ("imagenet_a", "imagenet_r"):
         space = cfg.get("label_space", "subset")
         ds = build_imagenet_subset(root, name, transform=tf, label_space=space,
                                    num_classes=200 if nc in (None, 1000) else int(nc),
-                                   strict_wnids=bool(cfg.get("strict_wnids", False)))
+                                   strict_wnids=bool(cfg.get("strict_wnids", False)), policy=policy)
     elif name == "imagenet_sketch":
-        ds = WnidImageFolder(root, transform=tf, label_space="1k")
+        ds = WnidImageFolder(root, transform=tf, label_space="1k", policy=policy)
         if nc is not None and int(nc) != 1000:
             raise ValueError(f"imagenet_sketch is labelled in the 1k space; data.num_classes is {nc}")
     else:  # imagenet_c
         if nc is not None and int(nc) != 1000:
             raise ValueError(f"imagenet_c is labelled in the 1k space; data.num_classes is {nc}")
-        ds = ImageNetCConcat(imagenet_c_datasets(root, tf, cfg.get("corruptions"), cfg.get("severities")))
+        ds = ImageNetCConcat(imagenet_c_datasets(root, tf, cfg.get("corruptions"), cfg.get("severities"), policy))
     return _maybe_subset(ds, cfg, split)
 
 

@@ -22,7 +22,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
-from torchvision.datasets import ImageFolder
+
+from .errors import FilePolicy
+from .folder import CheckedImageFolder
 
 # The 15 corruptions of the ImageNet-C benchmark (the 4 "extra" ones are not in mCE/mean acc).
 IMAGENET_C_CORRUPTIONS: tuple[str, ...] = (
@@ -100,8 +102,8 @@ def _check_dir(root: str | os.PathLike, layout: str) -> Path:
     return path
 
 
-class WnidImageFolder(ImageFolder):
-    """ImageFolder whose class folders are ImageNet wnids.
+class WnidImageFolder(CheckedImageFolder):
+    """ImageFolder whose class folders are ImageNet wnids (unreadable images follow ``policy``).
 
     ``label_space="1k"``: target = ImageNet-1k index of the folder's wnid.
     ``label_space="subset"``: target = rank of the wnid among the folders found (0..K-1).
@@ -135,13 +137,13 @@ class WnidImageFolder(ImageFolder):
 
 def build_imagenet_subset(root: str | os.PathLike, name: str, transform: Callable | None = None,
                           label_space: str = "subset", num_classes: int | None = 200,
-                          strict_wnids: bool = False) -> WnidImageFolder:
+                          strict_wnids: bool = False, policy: FilePolicy | None = None) -> WnidImageFolder:
     """ImageNet-A or ImageNet-R (``name``) as a :class:`WnidImageFolder`.
 
     ``num_classes``: expected number of wnid folders (200 for the real sets; ``None`` skips).
     ``strict_wnids``: also require the wnids to equal timm's reference list for ``name``.
     """
-    ds = WnidImageFolder(root, transform=transform, label_space=label_space)
+    ds = WnidImageFolder(root, transform=transform, label_space=label_space, policy=policy)
     if num_classes is not None and len(ds.classes) != num_classes:
         raise ValueError(f"{name}: found {len(ds.classes)} class folders in {str(root)!r}, "
                          f"expected {num_classes} (set data.num_classes to override)")
@@ -189,9 +191,12 @@ def enumerate_imagenet_c(root: str | os.PathLike, corruptions: Sequence[str] | N
 
 def imagenet_c_datasets(root: str | os.PathLike, transform: Callable | None = None,
                         corruptions: Sequence[str] | None = None,
-                        severities: Sequence[int] | None = None) -> list[tuple[str, int, WnidImageFolder]]:
-    """One 1k-labelled dataset per (corruption, severity), for per-corruption accuracy."""
-    return [(c, s, WnidImageFolder(d, transform=transform, label_space="1k"))
+                        severities: Sequence[int] | None = None, policy: FilePolicy | None = None
+                        ) -> list[tuple[str, int, WnidImageFolder]]:
+    """One 1k-labelled dataset per (corruption, severity), for per-corruption accuracy (one shared
+    ``policy`` for unreadable images)."""
+    policy = policy or FilePolicy()
+    return [(c, s, WnidImageFolder(d, transform=transform, label_space="1k", policy=policy))
             for c, s, d in enumerate_imagenet_c(root, corruptions, severities)]
 
 

@@ -10,12 +10,15 @@ history; lanes: 0), is_lane, is_focal, is_intersection, is_vehicle.
 Skip policy: a malformed scene (no focal track, too short a history/future for the focal agent,
 NaN coordinates) raises :class:`MotionDataError` naming the file and the problem. With
 `data.skip_invalid: true` the dataset builder skips such scenes instead and warns once with
-how many were skipped and the first reason. Non-focal agents with fewer than 2 observed steps in
-the history window are dropped silently (they carry no motion).
+how many were skipped and the first reason. A file that cannot be read at all (corrupt parquet,
+JSON or CSV) follows `data.on_error` (raise | skip, :mod:`frozenlm.data.errors`). Non-focal agents
+with fewer than 2 observed steps in the history window are dropped silently (they carry no motion).
+
+Each vectorised split is cached as one safetensors file through :mod:`frozenlm.data.cache`, keyed
+on every scene file (name, size, mtime) and every setting that changes its content.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +30,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .cache import cache_key, file_fingerprint, load_or_build
+from .errors import DataFileError, FilePolicy, on_error_policy
+
 FEATURES = 9
+_CACHE_VERSION = 2  # bump when vectorize() or the cache layout changes
 VEHICLE_TYPES = {"vehicle", "bus", "av", "agent", "others"}
 
 
@@ -174,7 +181,10 @@ def read_av2_scenario(folder: str | Path) -> Scene:
     maps = sorted(folder.glob("log_map_archive_*.json"))
     if not pq:
         raise MotionDataError(f"{folder}: no scenario_*.parquet file")
-    sc = load_argoverse_scenario_parquet(pq[0])
+    try:
+        sc = load_argoverse_scenario_parquet(pq[0])
+    except Exception as e:  # noqa: BLE001 - pyarrow and av2 raise many types on a corrupt file
+        raise DataFileError(f"{pq[0]}: cannot read the scenario ({type(e).__name__}: {e})", pq[0]) from None
     n_t = len(sc.timestamps_ns)
     ids = [t.track_id for t in sc.tracks]
     if sc.focal_track_id not in ids:
@@ -200,7 +210,10 @@ def read_av2_scenario(folder: str | Path) -> Scene:
     scene = Scene(str(sc.scenario_id), pos, valid, focal, t0, [t.object_type.value for t in sc.tracks],
                   heading=heading, source=str(pq[0]))
     if maps:
-        static_map = ArgoverseStaticMap.from_json(maps[0])
+        try:
+            static_map = ArgoverseStaticMap.from_json(maps[0])
+        except Exception as e:  # noqa: BLE001 - json and av2 raise many types on a corrupt file
+            raise DataFileError(f"{maps[0]}: cannot read the map ({type(e).__name__}: {e})", maps[0]) from None
         for lid in sorted(static_map.vector_lane_segments):
             scene.lanes.append(static_map.get_lane_segment_centerline(lid)[:, :2])
             scene.lane_is_intersection.append(bool(static_map.lane_is_in_intersection(lid)))
@@ -221,7 +234,10 @@ def read_av1_csv(path: str | Path, observed: int = 20,
     """
     import pandas as pd
     path = Path(path)
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:  # noqa: BLE001 - pandas raises many types on a corrupt file
+        raise DataFileError(f"{path}: cannot read the CSV ({type(e).__name__}: {e})", path) from None
     missing = [c for c in AV1_COLUMNS if c not in df.columns]
     if missing:
         raise MotionDataError(f"{path}: missing columns {missing} (an Argoverse 1 CSV has {list(AV1_COLUMNS)})")
@@ -298,19 +314,23 @@ def collate_motion(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def _vectorize_all(paths: Iterable[Any], read: Callable[[Any], Scene], kw: dict[str, Any], skip: bool,
-                   desc: str) -> tuple[list[dict[str, Tensor]], list[str]]:
+                   desc: str, policy: Optional[FilePolicy] = None) -> tuple[list[dict[str, Tensor]], list[str]]:
     from tqdm import tqdm
+    policy = policy or FilePolicy()
     samples, ids, skipped = [], [], []
     paths = list(paths)
     for p in tqdm(paths, desc=desc, leave=False, disable=len(paths) < 50):
         try:
-            scene = read(p)
+            scene = policy.call(lambda: read(p))
+            if scene is None:
+                continue
             samples.append(vectorize(scene, **kw))
             ids.append(scene.scene_id)
         except MotionDataError as e:
             if not skip:
                 raise MotionDataError(f"{e} (set data.skip_invalid=true to skip such scenes)") from None
             skipped.append(str(e))
+    policy.summary(len(paths), desc)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} of {len(paths)} scenes ({desc}); first: {skipped[0]}")
     if not samples:
@@ -318,10 +338,11 @@ def _vectorize_all(paths: Iterable[Any], read: Callable[[Any], Scene], kw: dict[
     return samples, ids
 
 
-def _cache_load(path: Path) -> Optional[MotionDataset]:
-    if not path.is_file():
-        return None
-    blob = torch.load(path, weights_only=True)  # tensors only: never unpickles code
+def _cache_load(path: Path) -> MotionDataset:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        blob = {k: f.get_tensor(k) for k in f.keys()}
+        ids = json.loads(f.metadata()["ids"])
     n = blob["offsets"].numel() - 1
     samples = []
     for i in range(n):
@@ -329,10 +350,10 @@ def _cache_load(path: Path) -> Optional[MotionDataset]:
         samples.append({"vectors": blob["vectors"][a:b, :int(blob["n_vec"][i])],
                         "vector_mask": blob["vector_mask"][a:b, :int(blob["n_vec"][i])],
                         **{k: blob[k][i] for k in ("target", "origin", "angle", "num_agents")}})
-    return MotionDataset(samples, json.loads(bytes(blob["ids"].tolist()).decode()))
+    return MotionDataset(samples, ids)
 
 
-def _cache_save(path: Path, ds: MotionDataset) -> None:
+def _cache_save(ds: MotionDataset, path: Path) -> None:
     # One flat tensor file (polylines concatenated, padded to the widest) loads in a fraction of a second.
     width = max(s["vectors"].shape[1] for s in ds.samples)
     counts = [s["vectors"].shape[0] for s in ds.samples]
@@ -344,16 +365,13 @@ def _cache_save(path: Path, ds: MotionDataset) -> None:
         n, m = s["vectors"].shape[:2]
         vectors[a:a + n, :m], mask[a:a + n, :m] = s["vectors"], s["vector_mask"]
         a += n
+    from safetensors.torch import save_file
     blob = {"vectors": vectors, "vector_mask": mask,
-            "offsets": torch.tensor([0] + list(np.cumsum(counts))),
-            "n_vec": torch.tensor([s["vectors"].shape[1] for s in ds.samples]),
-            "ids": torch.tensor(list(json.dumps(ds.ids).encode()), dtype=torch.uint8)}
+            "offsets": torch.tensor([0] + [int(c) for c in np.cumsum(counts)]),
+            "n_vec": torch.tensor([s["vectors"].shape[1] for s in ds.samples])}
     for k in ("target", "origin", "angle", "num_agents"):
         blob[k] = torch.stack([s[k] for s in ds.samples])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    save_file(blob, str(path), metadata={"ids": json.dumps(ds.ids)})
 
 
 def _vec_kwargs(cfg: Any) -> dict[str, Any]:
@@ -366,11 +384,16 @@ def build_motion_dataset(cfg: Any, split: str) -> Optional[MotionDataset]:
 
     data.name: "synth" (offline generated AV2-format scenes under data.root, made once),
     "av2" (data.root/<split>/<scenario_id>/...), or "av1" (data.root/<split>/*.csv, with
-    data.lanes_file for map polylines). The vectorized split is cached as one tensor file.
+    data.lanes_file for map polylines). The vectorized split is cached as one safetensors file,
+    keyed on the scene files (name, size, mtime) and every setting that changes its content
+    (vectorisation, data.skip_invalid, data.on_error, data.observed, the lane file).
     """
     name = cfg.get("name", "synth")
     kw = _vec_kwargs(cfg)
     skip = bool(cfg.get("skip_invalid", False))
+    policy = on_error_policy(cfg)
+    settings = {"what": "motion", "version": _CACHE_VERSION, "name": name, "split": split, "vectorize": kw,
+                "skip_invalid": skip, "on_error": policy.mode}
     if name == "synth":
         from .motion_synth import GENERATOR_VERSION, generate_split
         n = {"train": cfg.get("num_train", 2000), "val": cfg.get("num_val", 400), "test": cfg.get("num_val", 400)}
@@ -378,37 +401,37 @@ def build_motion_dataset(cfg: Any, split: str) -> Optional[MotionDataset]:
             return None
         root = Path(cfg.get("root") or "~/.cache/frozenlm/motion_synth").expanduser()
         seed = int(cfg.get("synth_seed", 0)) * 10 + {"train": 0, "val": 1, "test": 2}[split]
-        key = hashlib.sha1(json.dumps([name, split, n[split], seed, kw, GENERATOR_VERSION],
-                                     sort_keys=True).encode()).hexdigest()[:10]
-        cache = root / f"{split}_{key}.pt"
-        ds = _cache_load(cache)
-        if ds is None:
+        # Generated scenes are a pure function of (n, seed, generator version): the key needs no file list.
+        key = cache_key({**settings, "n": int(n[split]), "seed": seed, "generator": GENERATOR_VERSION})
+
+        def build_synth() -> MotionDataset:
             dirs = generate_split(root / f"{split}_s{seed}_v{GENERATOR_VERSION}", int(n[split]), seed)
-            samples, ids = _vectorize_all(dirs, read_av2_scenario, kw, skip, f"reading synth {split}")
-            ds = MotionDataset(samples, ids)
-            _cache_save(cache, ds)
-        return ds
+            return MotionDataset(*_vectorize_all(dirs, read_av2_scenario, kw, skip, f"reading synth {split}",
+                                                 policy))
+        return load_or_build(root / f"{split}_{key}.safetensors", build_synth, _cache_save, _cache_load)
     if not cfg.get("root"):
         raise ValueError(f"data.root must point at the {name} data (folders train/ val/ ...)")
     split_dir = Path(cfg.root).expanduser() / split
     if not split_dir.exists():
         return None
-    key = hashlib.sha1(json.dumps([name, str(split_dir), kw], sort_keys=True).encode()).hexdigest()[:10]
-    cache = Path(cfg.get("cache_dir") or split_dir.parent / ".frozenlm_cache") / f"{split}_{key}.pt"
-    ds = _cache_load(cache)
-    if ds is not None:
-        return ds
     if name == "av2":
-        samples, ids = _vectorize_all(find_av2_scenarios(split_dir), read_av2_scenario, kw, skip, f"av2 {split}")
+        dirs = find_av2_scenarios(split_dir)
+        files = [f for d in dirs for f in sorted(d.iterdir()) if f.is_file()]
+        read: Callable[[Any], Scene] = read_av2_scenario
     elif name == "av1":
-        lanes = load_lane_polylines(cfg.lanes_file) if cfg.get("lanes_file") else None
-        files = sorted(split_dir.glob("*.csv"))
+        lanes_file = Path(cfg.lanes_file).expanduser() if cfg.get("lanes_file") else None
+        lanes = load_lane_polylines(lanes_file) if lanes_file is not None else None
+        dirs = files = sorted(split_dir.glob("*.csv"))
         if not files:
             raise FileNotFoundError(f"no *.csv files in {split_dir} (Argoverse 1 forecasting layout)")
-        samples, ids = _vectorize_all(files, lambda p: read_av1_csv(p, cfg.get("observed", 20), lanes), kw, skip,
-                                      f"av1 {split}")
+        settings["observed"] = int(cfg.get("observed", 20))
+        settings["lanes_file"] = None if lanes_file is None else [str(lanes_file.resolve()),
+                                                                   *file_fingerprint([lanes_file])[0][1:]]
+        read = lambda p: read_av1_csv(p, settings["observed"], lanes)  # noqa: E731
     else:
         raise ValueError(f"data.name must be synth, av2 or av1, got {name!r}")
-    ds = MotionDataset(samples, ids)
-    _cache_save(cache, ds)
-    return ds
+    key = cache_key({**settings, "folder": str(split_dir.resolve())}, files, split_dir)
+    cache_dir = Path(cfg.get("cache_dir") or split_dir.parent / ".frozenlm_cache").expanduser()
+    return load_or_build(cache_dir / f"{split}_{key}.safetensors",
+                         lambda: MotionDataset(*_vectorize_all(dirs, read, kw, skip, f"{name} {split}", policy)),
+                         _cache_save, _cache_load)

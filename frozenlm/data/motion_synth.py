@@ -14,11 +14,14 @@ Scenes are written with av2's own serializer (`scenario_<id>.parquet`) and map l
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+
+from .cache import atomic_dir
 
 GENERATOR_VERSION = 2  # bump when scenes change: caches and scene folders are keyed on it
 OBS_STEPS, TOTAL_STEPS, DT = 50, 110, 0.1  # Argoverse 2: 5 s observed + 6 s future at 10 Hz
@@ -335,12 +338,17 @@ def map_json(lanes: dict[int, Lane]) -> dict[str, Any]:
 
 
 def write_scene(scene: dict[str, Any], out_dir: str | Path, scenario_id: str) -> Path:
-    """Write one scene as an Argoverse 2 scenario folder (parquet via av2's serializer + map JSON)."""
+    """Write one scene as an Argoverse 2 scenario folder (parquet via av2's serializer + map JSON);
+    the folder appears complete or not at all (:func:`frozenlm.data.cache.atomic_dir`)."""
+    d = Path(out_dir) / scenario_id
+    atomic_dir(d, lambda tmp: _write_scene_files(scene, tmp, scenario_id))
+    return d
+
+
+def _write_scene_files(scene: dict[str, Any], d: Path, scenario_id: str) -> None:
     from av2.datasets.motion_forecasting.data_schema import (ArgoverseScenario, ObjectState, ObjectType, Track,
                                                              TrackCategory)
     from av2.datasets.motion_forecasting.scenario_serialization import serialize_argoverse_scenario_parquet
-    d = Path(out_dir) / scenario_id
-    d.mkdir(parents=True, exist_ok=True)
     tracks = []
     for tr in scene["tracks"]:
         vel = np.gradient(tr["pos"], DT, axis=0)
@@ -355,18 +363,19 @@ def write_scene(scene: dict[str, Any], out_dir: str | Path, scenario_id: str) ->
     serialize_argoverse_scenario_parquet(d / f"scenario_{scenario_id}.parquet", scenario)
     (d / f"log_map_archive_{scenario_id}.json").write_text(json.dumps(map_json(scene["lanes"])))
     (d / "meta.json").write_text(json.dumps({"layout": scene["layout"], "maneuver": scene["maneuver"]}))
-    return d
 
 
 def generate_split(out_dir: str | Path, n: int, seed: int, progress: bool = True) -> list[Path]:
-    """Write scenes seed*1_000_000 + 0..n-1 under out_dir (skipping ones already written)."""
+    """Write scenes seed*1_000_000 + 0..n-1 under out_dir (skipping ones already written; a folder
+    left incomplete by a run from before scene writes were atomic is written again)."""
     from tqdm import tqdm
     out = Path(out_dir)
     dirs = []
     for i in tqdm(range(n), desc=f"generating {out.name}", disable=not progress, leave=False):
         sid = f"synth_{seed:03d}_{i:06d}"
         d = out / sid
-        if not (d / f"scenario_{sid}.parquet").exists():
+        if not (d / "meta.json").exists():  # meta.json is written last
+            shutil.rmtree(d, ignore_errors=True)
             write_scene(generate_scene(seed * 1_000_000 + i), out, sid)
         dirs.append(d)
     return dirs

@@ -10,14 +10,14 @@ exercises the same decoding path as real datasets.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .cache import atomic_dir, build_once, cache_key
 
 __all__ = ["CLASSES", "render_clip", "write_mp4", "generate", "default_root"]
 
@@ -120,7 +120,8 @@ def default_root() -> Path:
 
 def generate(root: str | Path | None, n_train: int, n_val: int, seed: int = 0, size: int = 32,
              num_frames: int = 8, fps: int = 8, progress: bool = True) -> Path:
-    """Write the dataset once (idempotent) and return its folder.
+    """Write the dataset once (idempotent; atomic, and by one process per node under
+    torch.distributed, see :mod:`frozenlm.data.cache`) and return its folder.
 
     Layout: ``<root>/<key>/{train,val}/*.mp4``, ``train.csv``/``val.csv`` (``path label`` lines, the
     format :func:`frozenlm.data.video.read_video_list` reads), ``classes.txt`` and ``meta.json``.
@@ -128,31 +129,27 @@ def generate(root: str | Path | None, n_train: int, n_val: int, seed: int = 0, s
     """
     params = {"n_train": n_train, "n_val": n_val, "seed": seed, "size": size, "num_frames": num_frames,
               "fps": fps, "classes": list(CLASSES), "version": 2}
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    key = cache_key(params, length=12)
     out = Path(root).expanduser() / key if root is not None else default_root() / key
-    if (out / "meta.json").is_file():
-        return out
-    from tqdm import tqdm
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    n_cls = len(CLASSES)
-    for split, n, split_seed in (("train", n_train, seed * 2 + 1), ("val", n_val, seed * 2 + 2)):
-        (tmp / split).mkdir(parents=True)
-        lines = []
-        for i in tqdm(range(n), desc=f"moving shapes {split}", disable=not progress, leave=False):
-            label = i % n_cls
-            frames = render_clip(label, seed=split_seed * 1_000_003 + i, size=size, num_frames=num_frames)
-            write_mp4(frames, tmp / split / f"{i:06d}.mp4", fps=fps)
-            lines.append(f"{split}/{i:06d}.mp4 {label}")
-        (tmp / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    (tmp / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    (tmp / "meta.json").write_text(json.dumps(params, indent=1))
-    try:
-        tmp.rename(out)  # atomic: a concurrent or interrupted run never sees a half-written set
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "meta.json").is_file():
-            raise
+
+    def fill(tmp: Path) -> None:
+        from tqdm import tqdm
+        n_cls = len(CLASSES)
+        for split, n, split_seed in (("train", n_train, seed * 2 + 1), ("val", n_val, seed * 2 + 2)):
+            (tmp / split).mkdir(parents=True)
+            lines = []
+            for i in tqdm(range(n), desc=f"moving shapes {split}", disable=not progress, leave=False):
+                label = i % n_cls
+                frames = render_clip(label, seed=split_seed * 1_000_003 + i, size=size, num_frames=num_frames)
+                write_mp4(frames, tmp / split / f"{i:06d}.mp4", fps=fps)
+                lines.append(f"{split}/{i:06d}.mp4 {label}")
+            (tmp / f"{split}.csv").write_text("\n".join(lines) + "\n")
+        (tmp / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+        (tmp / "meta.json").write_text(json.dumps(params, indent=1))
+
+    build_once((out / "meta.json").is_file, lambda: atomic_dir(out, fill))
+    if not (out / "meta.json").is_file():  # another node's folder is not visible here: write our own
+        atomic_dir(out, fill)
     return out
 
 

@@ -6,6 +6,7 @@ augmentation of Point-BERT run on the batch, see :func:`sample_points` and :func
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -16,6 +17,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..models.point_ops import farthest_point_sample, gather_points
+from .cache import cache_key, load_or_build
+from .errors import DataFileError, FilePolicy, on_error_policy
 from .pointcloud_shapes import SHAPE_CLASSES, load_or_generate_shapes
 
 __all__ = ["PointCloudDataset", "SCANOBJECTNN_CLASSES", "SCANOBJECTNN_FILES", "POINTCLOUD_DATASETS",
@@ -79,7 +82,7 @@ def read_h5_clouds(path: str | Path, data_key: str = "data", label_key: str = "l
     try:
         f = h5py.File(p, "r")
     except OSError as e:
-        raise ValueError(f"{p} is not a readable HDF5 file ({e})") from None
+        raise DataFileError(f"{p} is not a readable HDF5 file ({e})", p) from None
     with f:
         missing = [k for k in (data_key, label_key) if k not in f]
         if missing:
@@ -120,57 +123,93 @@ def _first(root: Path, names: Sequence[str]) -> Path:
     return next((root / n for n in names if (root / n).exists()), root / names[0])
 
 
+def _read_modelnet_file(f: Path, num_points: int) -> np.ndarray:
+    if f.stat().st_size == 0:
+        raise DataFileError(f"{f} is empty", f)
+    try:
+        arr = np.loadtxt(f, delimiter=",", dtype=np.float32, ndmin=2)
+    except ValueError as e:
+        raise DataFileError(f"{f}: not a ModelNet text file of 'x,y,z[,nx,ny,nz]' lines ({e})", f) from None
+    if arr.shape[1] < 3:
+        raise DataFileError(f"{f}: expected lines 'x,y,z[,nx,ny,nz]', got {arr.shape[1]} values per line", f)
+    if arr.shape[0] < num_points:
+        raise DataFileError(f"{f} has {arr.shape[0]} points, fewer than data.num_points={num_points}", f)
+    return arr[:num_points, :3]
+
+
 def read_modelnet_txt(root: str | Path, split: str, num_points: int = 8192, num_classes: int = 40,
-                      cache: bool = True, progress: bool = True) -> PointCloudDataset:
+                      cache: bool = True, progress: bool = True, policy: Optional[FilePolicy] = None,
+                      cache_dir: Optional[str | Path] = None) -> PointCloudDataset:
     """ModelNet40 'modelnet40_normal_resampled': ``<class>/<class>_NNNN.txt`` lines ``x,y,z,nx,ny,nz``,
     listed by ``modelnet40_{train,test}.txt`` with names in ``modelnet40_shape_names.txt``. The first
     ``num_points`` points are kept (the files are already FPS-ordered resamplings) and normalised to
-    the unit sphere. Parsed arrays are cached next to the data as .npz (no pickle)."""
+    the unit sphere. ``policy``: unreadable files raise, or are skipped with their labels. Parsed
+    arrays are cached as .npz (no pickle) in ``cache_dir`` (default: next to the data), keyed on
+    the list files, every listed file (name, size, mtime) and the settings."""
     root = Path(root).expanduser()
-    names = _read_lines(_first(root, [f"modelnet{num_classes}_shape_names.txt", "shape_names.txt"]))
+    policy = policy or FilePolicy()
+    names_file = _first(root, [f"modelnet{num_classes}_shape_names.txt", "shape_names.txt"])
+    names = _read_lines(names_file)
     lst = root / f"modelnet{num_classes}_{'train' if split == 'train' else 'test'}.txt"
-    cache_path = root / f"modelnet{num_classes}_{lst.stem.split('_')[-1]}_{num_points}pts.npz"
-    if cache and cache_path.exists():
-        with np.load(cache_path, allow_pickle=False) as f:
-            return PointCloudDataset(f["data"], f["label"], names, source=str(cache_path))
-    ids = _read_lines(lst)
     index = {n: i for i, n in enumerate(names)}
-    clouds, labels = [], []
-    for sid in tqdm(ids, desc=f"reading ModelNet{num_classes} {split}", disable=not progress, leave=False):
+    files, labels = [], []
+    for sid in _read_lines(lst):
         cls = sid.rsplit("_", 1)[0]
         if cls not in index:
             raise ValueError(f"{lst}: shape {sid!r} has class {cls!r}, which is not in the shape-names file")
         f = root / cls / f"{sid}.txt"
         if not f.exists():
             raise FileNotFoundError(f"ModelNet file {f} listed in {lst} does not exist")
-        if f.stat().st_size == 0:
-            raise ValueError(f"{f} is empty")
-        arr = np.loadtxt(f, delimiter=",", dtype=np.float32, ndmin=2)
-        if arr.shape[1] < 3:
-            raise ValueError(f"{f}: expected lines 'x,y,z[,nx,ny,nz]', got {arr.shape[1]} values per line")
-        if arr.shape[0] < num_points:
-            raise ValueError(f"{f} has {arr.shape[0]} points, fewer than data.num_points={num_points}")
-        clouds.append(arr[:num_points, :3])
+        files.append(f)
         labels.append(index[cls])
-    data = pc_normalize(np.stack(clouds)).astype(np.float32)
-    lab = np.asarray(labels, dtype=np.int64)
-    if cache:
-        try:
-            np.savez(cache_path, data=data, label=lab)
-        except OSError:
-            pass  # a read-only dataset folder: simply parse again next time
+    what = f"ModelNet{num_classes} {split}"
+
+    def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
+        clouds, kept = [], []
+        for f, lab in tqdm(list(zip(files, labels)), desc=f"reading {what}", disable=not progress, leave=False):
+            arr = policy.call(lambda: _read_modelnet_file(f, num_points), f"label {lab}")
+            if arr is not None:
+                clouds.append(arr)
+                kept.append(lab)
+        policy.summary(len(files), what)
+        if not clouds:
+            raise ValueError(f"{lst}: none of its {len(files)} files could be read")
+        return pc_normalize(np.stack(clouds)).astype(np.float32), np.asarray(kept, dtype=np.int64), policy.skipped
+
+    def save(obj: tuple[np.ndarray, np.ndarray, list[str]], tmp: Path) -> None:
+        np.savez(tmp, data=obj[0], label=obj[1], skipped=np.array(json.dumps(obj[2])))
+
+    def load(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        with np.load(path, allow_pickle=False) as f:
+            return f["data"], f["label"], json.loads(str(f["skipped"]))
+
+    if not cache:
+        data, lab, _ = build()
+        return PointCloudDataset(data, lab, names, source=str(lst))
+    key = cache_key({"what": "modelnet_txt", "version": 2, "split": lst.name, "num_points": int(num_points),
+                     "num_classes": int(num_classes), "on_error": policy.mode}, [names_file, lst, *files], root)
+    path = Path(cache_dir or root).expanduser() / f"{lst.stem}_{num_points}pts_{key}.npz"
+    data, lab, skipped = load_or_build(path, build, save, load)
+    if skipped and not policy.skipped:  # read from the cache: repeat what was skipped when it was built
+        policy.skipped = list(skipped)
+        policy.summary(len(files), f"{what} (cached in {path.name})")
     return PointCloudDataset(data, lab, names, source=str(lst))
 
 
-def read_modelnet_h5(root: str | Path, split: str, num_points: Optional[int] = None) -> PointCloudDataset:
+def read_modelnet_h5(root: str | Path, split: str, num_points: Optional[int] = None,
+                     policy: Optional[FilePolicy] = None) -> PointCloudDataset:
     """ModelNet40 'modelnet40_ply_hdf5_2048': ``ply_data_{train,test}*.h5`` (data (N, 2048, 3), label
-    (N, 1)) and ``shape_names.txt``."""
+    (N, 1)) and ``shape_names.txt``. ``policy``: an unreadable h5 file raises, or is skipped."""
     root = Path(root).expanduser()
+    policy = policy or FilePolicy()
     files = sorted(root.glob(f"ply_data_{'train' if split == 'train' else 'test'}*.h5"))
     if not files:
         raise FileNotFoundError(f"no ply_data_{split}*.h5 files in {root}; set data.root to modelnet40_ply_hdf5_2048")
     names = _read_lines(_first(root, ["shape_names.txt", "modelnet40_shape_names.txt"]))
-    parts = [read_h5_clouds(f) for f in files]
+    parts = [p for p in (policy.call(lambda: read_h5_clouds(f)) for f in files) if p is not None]
+    policy.summary(len(files), f"ModelNet40 h5 {split}")
+    if not parts:
+        raise ValueError(f"none of the {len(files)} ply_data_{split}*.h5 files in {root} could be read")
     data = np.concatenate([d for d, _ in parts])
     if num_points is not None:
         if data.shape[1] < num_points:
@@ -197,8 +236,9 @@ def build_pointcloud_dataset(data_cfg: Mapping[str, Any], split: str) -> PointCl
     if name == "scanobjectnn":
         return read_scanobjectnn(root, str(data_cfg.get("variant", "PB_T50_RS")), split)
     if name == "modelnet40":
-        return read_modelnet_txt(root, split, int(data_cfg.get("file_points") or 8192))
-    return read_modelnet_h5(root, split)
+        return read_modelnet_txt(root, split, int(data_cfg.get("file_points") or 8192),
+                                 policy=on_error_policy(data_cfg), cache_dir=data_cfg.get("cache_dir"))
+    return read_modelnet_h5(root, split, policy=on_error_policy(data_cfg))
 
 
 def sample_points(points: Tensor, n: int, fps_points: Optional[int] = None,

@@ -8,13 +8,13 @@ dataset is identical across runs and machines; it can be cached to an .npz file.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 from tqdm import tqdm
+
+from .cache import cache_key, load_or_build
 
 __all__ = ["SHAPE_CLASSES", "ShapeConfig", "generate_shapes", "make_shape_cloud", "load_or_generate_shapes"]
 
@@ -201,19 +201,18 @@ def load_or_generate_shapes(cache_dir: Optional[str | Path], n_per_class: int, s
                             num_classes: int = len(SHAPE_CLASSES), progress: bool = True,
                             **options: Any) -> tuple[np.ndarray, np.ndarray]:
     """:func:`generate_shapes`, cached as ``cache_dir/shapes_<split>_<hash>.npz`` (no pickle) when
-    ``cache_dir`` is given; the hash covers every argument and the generator version."""
+    ``cache_dir`` is given, through :func:`frozenlm.data.cache.load_or_build` (atomic; one builder
+    per node under torch.distributed); the hash covers every argument and the generator version."""
     if cache_dir is None:
         return generate_shapes(n_per_class, split, seed, num_classes, progress, **options)
-    key = json.dumps({"v": _VERSION, "n": n_per_class, "seed": seed, "classes": num_classes,
-                      "split": "test" if split == "val" else split, **ShapeConfig(**options)}, sort_keys=True,
-                     default=list)
-    path = Path(cache_dir).expanduser() / f"shapes_{split}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as f:
+    key = cache_key({"what": "shapes", "v": _VERSION, "n": n_per_class, "seed": seed, "classes": num_classes,
+                     "split": "test" if split == "val" else split,
+                     **{k: list(v) if isinstance(v, tuple) else v for k, v in ShapeConfig(**options).items()}})
+    path = Path(cache_dir).expanduser() / f"shapes_{split}_{key}.npz"
+
+    def load(p: Path) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(p, allow_pickle=False) as f:
             return f["data"], f["label"]
-    clouds, labels = generate_shapes(n_per_class, split, seed, num_classes, progress, **options)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, data=clouds, label=labels)
-    tmp.replace(path)  # atomic: a concurrent or interrupted run never reads a half-written cache
-    return clouds, labels
+
+    return load_or_build(path, lambda: generate_shapes(n_per_class, split, seed, num_classes, progress, **options),
+                         lambda obj, tmp: np.savez(tmp, data=obj[0], label=obj[1]), load)

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
+from .errors import FilePolicy, on_error_policy
+
 from .vqa import (CLIP_MEAN, CLIP_STD, EASY_VQA_COLOURS, EASY_VQA_MEAN, EASY_VQA_SHAPES, EASY_VQA_STD,
                   check_question, easy_vqa_split, image_transform, load_image, read_easy_vqa, subset)
 
@@ -23,14 +25,24 @@ class RetrievalDataset(Dataset):
 
     unique_texts: the evaluation text bank holds each distinct caption string once. With few distinct
     captions (easy-VQA: 24) a bank with repeats fills the top-K of every image->text ranking with copies
-    of one string, so TR@1 = TR@5 = TR@10; without repeats TR@K measures a real ranking."""
+    of one string, so TR@1 = TR@5 = TR@10; without repeats TR@K measures a real ranking.
+
+    policy (``data.on_error``): unreadable images raise, or are skipped. Training pairs are skipped as
+    they are read (the item is None); in "images" mode every image is decoded once up front and the
+    unreadable ones leave the split with their captions, since ranking needs the whole split."""
 
     def __init__(self, images: list[Path], captions: list[list[str]], transform: Callable, mode: str,
-                 unique_texts: bool = False) -> None:
+                 unique_texts: bool = False, policy: FilePolicy | None = None) -> None:
         if mode not in ("pairs", "images"):
             raise ValueError(f"mode must be 'pairs' or 'images', got {mode!r}")
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
+        self.policy = policy or FilePolicy()
+        if mode == "images" and self.policy.skip:
+            keep = [i for i, p in enumerate(images)
+                    if self.policy.call(lambda: load_image(p), f"image {i}") is not None]
+            self.policy.summary(len(images), "retrieval images")
+            images, captions = [images[i] for i in keep], [captions[i] for i in keep]
         self.images, self.transform, self.mode = images, transform, mode
         self.captions = [[check_question(c, f"captions of {images[i]}") for c in caps] for i, caps in enumerate(captions)]
         self.pairs = [(i, j) for i, caps in enumerate(self.captions) for j in range(len(caps))]
@@ -46,11 +58,13 @@ class RetrievalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs) if self.mode == "pairs" else len(self.images)
 
-    def __getitem__(self, k: int) -> dict[str, Any]:
+    def __getitem__(self, k: int) -> dict[str, Any] | None:
         if self.mode == "pairs":
             i, j = self.pairs[k]
-            return {"image": self.transform(load_image(self.images[i])), "question": self.captions[i][j],
-                    "image_id": i, "index": k}
+            image = self.policy.call(lambda: self.transform(load_image(self.images[i])), f"pair {k}")
+            if image is None:
+                return None
+            return {"image": image, "question": self.captions[i][j], "image_id": i, "index": k}
         return {"image": self.transform(load_image(self.images[k])), "index": k}
 
 
@@ -82,7 +96,8 @@ def build_easy_vqa_captions(cfg: Any, split: str) -> RetrievalDataset:
                  cfg.get("subset_seed"))
     tf = image_transform(int(cfg.img_size), EASY_VQA_MEAN, EASY_VQA_STD, split == "train")
     return RetrievalDataset([paths[i] for i in ids], [[caps[i]] for i in ids], tf,
-                            "pairs" if split == "train" else "images", unique_texts=bool(cfg.get("unique_texts")))
+                            "pairs" if split == "train" else "images", unique_texts=bool(cfg.get("unique_texts")),
+                            policy=on_error_policy(cfg))
 
 
 def build_karpathy(cfg: Any, split: str) -> RetrievalDataset:
@@ -108,7 +123,8 @@ def build_karpathy(cfg: Any, split: str) -> RetrievalDataset:
                   cfg.get("subset_seed"))
     tf = image_transform(int(cfg.img_size), CLIP_MEAN, CLIP_STD, split == "train")
     return RetrievalDataset([imgs[i] for i in keep], [caps[i] for i in keep], tf,
-                            "pairs" if split == "train" else "images", unique_texts=bool(cfg.get("unique_texts")))
+                            "pairs" if split == "train" else "images", unique_texts=bool(cfg.get("unique_texts")),
+                            policy=on_error_policy(cfg))
 
 
 RETRIEVAL_DATASETS: dict[str, Callable[[Any, str], RetrievalDataset]] = {

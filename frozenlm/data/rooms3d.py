@@ -11,7 +11,6 @@ left/right and front/behind. Scene i of a split depends only on (seed, split, i)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -20,6 +19,8 @@ from typing import Any, Optional
 
 import numpy as np
 from tqdm import tqdm
+
+from .cache import cache_key, load_or_build
 
 __all__ = ["KINDS", "COLORS", "QUESTION_TYPES", "TEMPLATES", "RoomObject", "Agent", "agent_frame", "direction_of",
            "answer", "question_text", "make_room", "sample_room_points", "generate_rooms", "load_or_generate_rooms"]
@@ -268,18 +269,19 @@ def load_or_generate_rooms(cache_dir: Optional[str | Path], num_scenes: int, spl
                            num_points: int = 1024, min_objects: int = 3, max_objects: int = 8,
                            progress: bool = True) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """:func:`generate_rooms`, cached as ``cache_dir/rooms3d_<split>_<hash>.npz`` (arrays and a JSON
-    string, no pickle); the hash covers every argument and the generator version."""
+    string, no pickle) through :func:`frozenlm.data.cache.load_or_build` (atomic; one builder per
+    node under torch.distributed); the hash covers every argument and the generator version."""
     args = (num_scenes, split, seed, num_points, min_objects, max_objects)
     if cache_dir is None:
         return generate_rooms(*args, progress=progress)
-    key = json.dumps({"v": _VERSION, "args": args})
-    path = Path(cache_dir).expanduser() / f"rooms3d_{split}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as f:
+    key = cache_key({"what": "rooms3d", "v": _VERSION, "args": args})
+    path = Path(cache_dir).expanduser() / f"rooms3d_{split}_{key}.npz"
+
+    def save(obj: tuple[np.ndarray, list[dict[str, Any]]], tmp: Path) -> None:
+        np.savez(tmp, points=obj[0], scenes=np.array(json.dumps(obj[1])))
+
+    def load(p: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        with np.load(p, allow_pickle=False) as f:
             return f["points"], json.loads(str(f["scenes"]))
-    pts, recs = generate_rooms(*args, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, points=pts, scenes=np.array(json.dumps(recs)))
-    tmp.replace(path)  # atomic: a concurrent or interrupted run never reads a half-written cache
-    return pts, recs
+
+    return load_or_build(path, lambda: generate_rooms(*args, progress=progress), save, load)

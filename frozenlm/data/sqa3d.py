@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .errors import DataFileError, FilePolicy
 from .rooms3d import QUESTION_TYPES
 
 __all__ = ["PAD", "UNK", "tokenize", "question_type", "quaternion_yaw", "build_word_vocab", "build_answer_vocab",
@@ -104,8 +105,18 @@ def read_sqa3d_split(root: str | Path, split: str) -> list[dict[str, Any]]:
 
 
 def load_scene_points(path: str | Path) -> np.ndarray:
-    """(N, 6) float32 xyz + rgb in [0, 1] from a .npy / .npz / .pth scene file (see module doc)."""
+    """(N, 6) float32 xyz + rgb in [0, 1] from a .npy / .npz / .pth scene file (see module doc);
+    a file that cannot be decoded is a :class:`~frozenlm.data.errors.DataFileError` naming it."""
     path = Path(path)
+    try:
+        return _scene_points(path)
+    except (DataFileError, FileNotFoundError):
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy, zipfile and torch raise many types on corrupt bytes
+        raise DataFileError(f"{path}: cannot read scene points ({type(e).__name__}: {e})", path) from None
+
+
+def _scene_points(path: Path) -> np.ndarray:
     suffix = path.suffix.lstrip(".")
     if suffix == "npy":
         arr = np.load(path, allow_pickle=False)
@@ -116,19 +127,20 @@ def load_scene_points(path: str | Path) -> np.ndarray:
             elif "xyz" in f and "rgb" in f:
                 arr = np.concatenate([f["xyz"], f["rgb"]], -1)
             else:
-                raise ValueError(f"{path}: expected key 'points' or keys 'xyz' and 'rgb', found {sorted(f.files)}")
+                raise DataFileError(f"{path}: expected key 'points' or keys 'xyz' and 'rgb', found "
+                                    f"{sorted(f.files)}", path)
     elif suffix == "pth":
         obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
         if isinstance(obj, dict):
             if "xyz" not in obj or "rgb" not in obj:
-                raise ValueError(f"{path}: a dict scene needs 'xyz' and 'rgb' entries, found {sorted(obj)}")
+                raise DataFileError(f"{path}: a dict scene needs 'xyz' and 'rgb' entries, found {sorted(obj)}", path)
             obj = torch.cat([torch.as_tensor(obj["xyz"]).float(), torch.as_tensor(obj["rgb"]).float()], -1)
         arr = torch.as_tensor(obj).numpy()
     else:
         raise ValueError(f"{path}: unsupported scene file type {path.suffix!r}; use one of {SUFFIX}")
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] < 6:
-        raise ValueError(f"{path}: expected an (N, 6) xyz+rgb array, got shape {arr.shape}")
+        raise DataFileError(f"{path}: expected an (N, 6) xyz+rgb array, got shape {arr.shape}", path)
     arr = arr[:, :6].copy()
     if arr.shape[0] and arr[:, 3:].max() > 1.0:
         arr[:, 3:] /= 255.0  # ScanNet colours are stored as 0..255
@@ -196,22 +208,33 @@ class SituatedQADataset(Dataset):
                 "situation_text": s["situation"], "question_text": s["question"]}
 
 
-def drop_bad_scenes(samples: list[dict[str, Any]], scene_dir: Path, on_missing: str = "error"
+def drop_bad_scenes(samples: list[dict[str, Any]], scene_dir: Path, on_missing: str = "error",
+                    policy: Optional[FilePolicy] = None
                     ) -> tuple[list[dict[str, Any]], dict[Any, Path], dict[str, int]]:
-    """Locate every scene file; unknown scene ids (no file) and empty clouds raise (``on_missing=error``)
-    or are dropped with a warning and counted (``skip``). Returns (kept samples, files, counts)."""
+    """Locate and read every scene file; unknown scene ids (no file) and empty clouds raise
+    (``on_missing=error``) or are dropped with a warning and counted (``skip``); unreadable files
+    follow ``policy`` (``data.on_error``: raise, or drop their questions, counted as
+    ``unreadable_scene``). Returns (kept samples, files, counts)."""
     if on_missing not in ("error", "skip"):
         raise ValueError(f"data.on_missing must be 'error' or 'skip', got {on_missing!r}")
+    policy = policy or FilePolicy()
     files: dict[Any, Path] = {}
     bad: dict[str, list[str]] = {"unknown_scene": [], "empty_cloud": []}
-    for sid in sorted({s["scene_id"] for s in samples}):
+    unreadable: set[Any] = set()
+    scene_ids = sorted({s["scene_id"] for s in samples})
+    for sid in scene_ids:
         hits = [scene_dir / f"{sid}.{ext}" for ext in SUFFIX if (scene_dir / f"{sid}.{ext}").is_file()]
         if not hits:
             bad["unknown_scene"].append(sid)
-        elif load_scene_points(hits[0]).shape[0] == 0:
+            continue
+        points = policy.call(lambda: load_scene_points(hits[0]), f"scene {sid}")
+        if points is None:
+            unreadable.add(sid)
+        elif points.shape[0] == 0:
             bad["empty_cloud"].append(sid)
         else:
             files[sid] = hits[0]
+    policy.summary(len(scene_ids), f"SQA3D scenes in {scene_dir}")
     counts = {k: sum(s["scene_id"] in set(v) for s in samples) for k, v in bad.items()}
     if any(bad.values()):
         msg = (f"{len(bad['unknown_scene'])} scene ids have no point-cloud file in {scene_dir} "
@@ -221,5 +244,7 @@ def drop_bad_scenes(samples: list[dict[str, Any]], scene_dir: Path, on_missing: 
         if on_missing == "error":
             raise ValueError(msg + ". Provide the files, or set data.on_missing=skip to drop and count them")
         warnings.warn("skipping: " + msg)
+    if policy.skip:
+        counts["unreadable_scene"] = sum(s["scene_id"] in unreadable for s in samples)
     kept = [s for s in samples if s["scene_id"] in files]
     return kept, files, counts

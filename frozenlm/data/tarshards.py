@@ -7,7 +7,8 @@ Two member layouts are accepted (not mixed in one dataset):
 * webdataset pairs ``<key>.jpg`` + ``<key>.cls`` -- the label is the integer in ``.cls``.
 
 Each shard is scanned once; the member offsets are cached in ``<shard>.index.json`` next to
-the shard (kept in memory only when that folder is read-only).  Reading a sample is one
+the shard (kept in memory only when that folder is read-only; under torch.distributed one process
+per node scans and writes them while the others wait).  Reading a sample is one
 ``seek`` + ``read`` on a per-process file handle, so the dataset works with any sampler
 (DistributedSampler, RepeatAugSampler) and with DataLoader worker processes.
 """
@@ -15,15 +16,16 @@ the shard (kept in memory only when that folder is read-only).  Reading a sample
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 import tarfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from PIL import Image
 from torch.utils.data import Dataset
+
+from .cache import atomic_write, build_once
+from .errors import FilePolicy, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
 _INDEX_VERSION = 1
@@ -91,11 +93,10 @@ def load_shard_index(path: Path, cache: bool = True) -> list[list]:
             pass  # stale or unreadable cache: rebuild below
     members = _scan_shard(path)
     if cache:
-        tmp = idx_path.with_name(f"{idx_path.name}.{os.getpid()}.tmp")
+        blob = json.dumps({"version": _INDEX_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                           "members": members})
         try:
-            tmp.write_text(json.dumps({"version": _INDEX_VERSION, "size": st.st_size,
-                                       "mtime_ns": st.st_mtime_ns, "members": members}))
-            os.replace(tmp, idx_path)  # atomic, so concurrent ranks never read half a file
+            atomic_write(idx_path, lambda tmp: tmp.write_text(blob))
         except OSError:
             pass  # read-only shard folder: keep the index in memory only
     return members
@@ -106,17 +107,27 @@ class TarShardDataset(Dataset):
 
     ``samples``: list of (member name, label); ``classes``: sorted class names (class-folder
     layout) or ``"0".."K-1"`` (webdataset ``.cls`` layout).  ``class_names`` pins the class
-    order explicitly (e.g. the train split's classes for a val split missing some).
+    order explicitly (e.g. the train split's classes for a val split missing some). ``policy``:
+    what an undecodable image does (raise naming ``shard:member``, or skip; see ``data.on_error``).
     """
 
     def __init__(self, shards: str | os.PathLike | Sequence[str | os.PathLike],
                  transform: Callable | None = None, num_classes: int | None = None,
-                 class_names: Sequence[str] | None = None, cache_index: bool = True) -> None:
+                 class_names: Sequence[str] | None = None, cache_index: bool = True,
+                 policy: FilePolicy | None = None) -> None:
         self.shards = [str(p) for p in find_shards(shards)]
         self.transform = transform
+        self.policy = policy or FilePolicy()
+
+        def index_all() -> list[list[list]]:
+            return [load_shard_index(Path(p), cache_index) for p in self.shards]
+
+        if cache_index:
+            # One process per node scans and writes missing index files first; every rank then reads them.
+            build_once(lambda: all(Path(f"{p}.index.json").is_file() for p in self.shards), index_all)
         entries: list[tuple[int, str, int, int, int | None]] = []
-        for si, p in enumerate(self.shards):
-            for name, off, size, lab in load_shard_index(Path(p), cache_index):
+        for si, members in enumerate(index_all()):
+            for name, off, size, lab in members:
                 entries.append((si, name, off, size, lab))
         if not entries:
             raise ValueError(f"no image members ({', '.join(IMAGE_EXTENSIONS)}) in shards {self.shards[:3]}...")
@@ -183,11 +194,16 @@ class TarShardDataset(Dataset):
         fh.seek(self._offset[index])
         return fh.read(self._size[index])
 
-    def __getitem__(self, index: int):
-        img = Image.open(io.BytesIO(self.read_bytes(index))).convert("RGB")
+    def _load(self, index: int) -> tuple:
+        name, label = self.samples[index]
+        img = read_image(self.read_bytes(index), f"{self.shards[self._shard_of[index]]}:{name}")
         if self.transform is not None:
             img = self.transform(img)
-        return img, self.samples[index][1]
+        return img, label
+
+    def __getitem__(self, index: int):
+        """(image, label), or None for an unreadable image under ``data.on_error=skip``."""
+        return self.policy.call(lambda: self._load(index), f"item {index}, label {self.samples[index][1]}")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .errors import DataFileError, DropSkipped, FilePolicy
+
 __all__ = ["VideoDecodeError", "VideoTooShortError", "decode_frames", "tsn_indices", "dense_indices",
            "read_ssv2_labels", "read_ssv2_split", "read_video_list", "read_kinetics_csv",
            "VideoClipDataset", "skip_none_collate", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -27,7 +28,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class VideoDecodeError(ValueError):
+class VideoDecodeError(DataFileError):
     """A video file cannot be opened or decoded (the message names the file)."""
 
 
@@ -52,7 +53,7 @@ def decode_frames(path: str | Path, indices: Callable[[int], Sequence[int]] | Se
     """
     path = Path(path)
     if not path.is_file():
-        raise VideoDecodeError(f"video file not found: {path}")
+        raise VideoDecodeError(f"video file not found: {path}", path)
     if backend == "auto":
         backend = "decord" if _has_decord() else "pyav"
     if backend == "decord":
@@ -66,17 +67,17 @@ def decode_frames(path: str | Path, indices: Callable[[int], Sequence[int]] | Se
 
 def _check_length(path: Path, n: int, min_frames: int) -> None:
     if n == 0:
-        raise VideoDecodeError(f"{path}: no decodable video frames (empty or corrupt file)")
+        raise VideoDecodeError(f"{path}: no decodable video frames (empty or corrupt file)", path)
     if n < min_frames:
         raise VideoTooShortError(f"{path}: only {n} frames, fewer than data.min_frames={min_frames}; "
-                                 f"remove it from the list or lower data.min_frames")
+                                 f"remove it from the list or lower data.min_frames", path)
 
 
 def _resolve(indices: Any, n: int, path: Path) -> list[int]:
     idx = list(range(n)) if indices is None else list(indices(n) if callable(indices) else indices)
     bad = [i for i in idx if not 0 <= int(i) < n]
     if bad:
-        raise VideoDecodeError(f"{path}: frame indices {bad[:5]} out of range for a {n}-frame video")
+        raise VideoDecodeError(f"{path}: frame indices {bad[:5]} out of range for a {n}-frame video", path)
     return [int(i) for i in idx]
 
 
@@ -85,7 +86,7 @@ def _decode_pyav(path: Path, indices: Any, min_frames: int) -> tuple[np.ndarray,
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise VideoDecodeError(f"{path}: has no video stream")
+                raise VideoDecodeError(f"{path}: has no video stream", path)
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             # Container frame counts are missing (webm) or wrong often enough: count while decoding.
@@ -93,7 +94,7 @@ def _decode_pyav(path: Path, indices: Any, min_frames: int) -> tuple[np.ndarray,
     except VideoDecodeError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})", path) from None
     _check_length(path, len(decoded), min_frames)
     idx = _resolve(indices, len(decoded), path)
     return np.stack([decoded[i].to_ndarray(format="rgb24") for i in idx]), len(decoded)
@@ -104,7 +105,7 @@ def _decode_decord(path: Path, indices: Any, min_frames: int) -> tuple[np.ndarra
     try:
         vr = decord.VideoReader(str(path), num_threads=1)
     except Exception as e:  # noqa: BLE001 - decord raises its own DECORDError
-        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})", path) from None
     _check_length(path, len(vr), min_frames)
     idx = _resolve(indices, len(vr), path)
     return vr.get_batch(idx).asnumpy(), len(vr)
@@ -299,9 +300,10 @@ def _same_randaugment(frames: np.ndarray, config: str, rng: random.Random) -> np
 class VideoClipDataset(Dataset):
     """(video path, label) items -> (clip, label); clip (C, T, H, W) float, normalised.
 
-    Evaluation with ``test_clips`` x ``test_crops`` > 1 returns (V, C, T, H, W). ``on_error``:
-    "raise" (default) stops on a bad file; "skip" logs it and returns None, which
-    :func:`skip_none_collate` drops from the batch, so no video ever gets another's label.
+    Evaluation with ``test_clips`` x ``test_crops`` > 1 returns (V, C, T, H, W). ``on_error``
+    (``data.on_error``, see :mod:`frozenlm.data.errors`): "raise" (default) stops on a bad file;
+    "skip" logs and counts it and returns None, which :func:`skip_none_collate` drops from the
+    batch, so no video ever gets another's label.
     """
 
     def __init__(self, items: Sequence[tuple[Path, int]], num_classes: int, *, train: bool,
@@ -313,8 +315,7 @@ class VideoClipDataset(Dataset):
                  backend: str = "auto", classes: Sequence[str] | None = None, cache: bool = False) -> None:
         if sampling not in ("tsn", "dense"):
             raise ValueError(f"data.sampling must be tsn or dense, got {sampling!r}")
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error must be raise or skip, got {on_error!r}")
+        self.policy = FilePolicy(on_error)
         bad = [(str(p), y) for p, y in items if not 0 <= int(y) < num_classes]
         if bad:
             raise ValueError(f"labels out of range 0..{num_classes - 1}: {bad[:3]} (check data.num_classes)")
@@ -328,12 +329,16 @@ class VideoClipDataset(Dataset):
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.on_error, self.min_frames, self.backend = on_error, min_frames, backend
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
-        self.skipped: list[str] = []
         # cache: keep every decoded video in memory after its first read (tiny offline sets only).
         self.cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Files skipped so far in this process (``on_error=skip``)."""
+        return self.policy.skipped
 
     @property
     def targets(self) -> list[int]:
@@ -383,13 +388,8 @@ class VideoClipDataset(Dataset):
         path, label = self.items[i]
         # The engine seeds `random` per sample (engine.data.SeededDataset): augmentation is reproducible.
         rng = random.Random(random.getrandbits(64))
-        try:
-            views = self.load_views(path, rng, i)
-        except VideoDecodeError as e:
-            if self.on_error == "raise":
-                raise
-            self.skipped.append(str(path))
-            print(f"[video] skipping item {i} (label {label}): {e}", file=sys.stderr, flush=True)
+        views = self.policy.call(lambda: self.load_views(path, rng, i), f"item {i}, label {label}")
+        if views is None:
             return None
         return (views[0] if views.shape[0] == 1 else views), label
 
@@ -400,10 +400,6 @@ def _resize_exact(clip: Tensor, size: int) -> Tensor:
     return F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def skip_none_collate(batch: list[Any]) -> Any:
-    """Default collate after dropping the None items of skipped (undecodable) videos."""
-    from torch.utils.data import default_collate
-    kept = [b for b in batch if b is not None]
-    if not kept:
-        return None
-    return default_collate(kept)
+#: Default collate after dropping the None items of skipped (undecodable) videos; a batch of only
+#: skipped videos is None, which the video task accepts.
+skip_none_collate = DropSkipped(allow_empty=True)

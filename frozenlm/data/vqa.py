@@ -19,6 +19,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .cache import cache_key, load_or_build
+from .errors import FilePolicy, on_error_policy, read_image
+
 # --- official VQA evaluation normalisation (github.com/GT-Vision-Lab/VQA, vqaEval.py) ---------
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -127,12 +130,12 @@ def image_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """RGB PIL image; a missing file names itself and what to check."""
+    """RGB PIL image; a missing file names itself and what to check, an unreadable one is a
+    :class:`~frozenlm.data.errors.DataFileError` (see ``data.on_error``)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image file not found: {p} (check data.root / data.image_dir)")
-    with Image.open(p) as im:
-        return im.convert("RGB")
+    return read_image(p)
 
 
 def check_question(q: Any, where: str) -> str:
@@ -152,8 +155,10 @@ class VQADataset(Dataset):
     """(image path, question, ground-truth answers[, answer_type]) records -> items for the vqa task."""
 
     def __init__(self, records: list[dict[str, Any]], vocab: Sequence[str], transform: Callable,
-                 strict_answers: bool = False, answer_types: Sequence[str] = ()) -> None:
+                 strict_answers: bool = False, answer_types: Sequence[str] = (),
+                 policy: FilePolicy | None = None) -> None:
         self.records, self.vocab, self.transform = records, list(vocab), transform
+        self.policy = policy or FilePolicy()  # unreadable images: raise, or skip (item None)
         self.answer_to_idx = {a: i for i, a in enumerate(self.vocab)}
         self.answer_types = list(answer_types)
         type_idx = {t: k for k, t in enumerate(self.answer_types)}
@@ -170,9 +175,12 @@ class VQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
         r = self.records[i]
-        return {"image": self.transform(load_image(r["image"])), "question": r["question"],
+        image = self.policy.call(lambda: self.transform(load_image(r["image"])), f"record {i}")
+        if image is None:
+            return None
+        return {"image": image, "question": r["question"],
                 "target": soft_scores(r["answers"], self.answer_to_idx),
                 "score": accuracy_scores(r["answers"], self.vocab), "index": i,
                 "answer_type": r["answer_type_idx"]}
@@ -250,7 +258,7 @@ def build_easy_vqa(cfg: Any, split: str) -> VQADataset:
     records = subset(records, n, cfg.get("subset_seed"))
     tf = image_transform(int(cfg.img_size), EASY_VQA_MEAN, EASY_VQA_STD, split == "train")
     return VQADataset(records, easy_vqa_answers(cfg.get("root")), tf, strict_answers=True,
-                      answer_types=ANSWER_TYPES["easy_vqa"])
+                      answer_types=ANSWER_TYPES["easy_vqa"], policy=on_error_policy(cfg))
 
 
 # --- VQAv2 ------------------------------------------------------------------------------------
@@ -287,22 +295,41 @@ def read_vqav2(root: str | Path, split: str) -> list[dict[str, Any]]:
     return out
 
 
+def vqav2_vocab(cfg: Any) -> list[str]:
+    """The answer vocabulary: ``data.vocab_file`` when set (a fixed file, written once if missing, then
+    read as is), else built from the training annotations and cached as
+    ``<root>/frozenlm_answer_vocab_<key>.json``, the key covering the annotation file (name, size,
+    mtime), ``data.num_answers`` and ``data.min_answer_count``."""
+    root = Path(cfg.root).expanduser()
+    top_k, min_count = int(cfg.get("num_answers") or 3129), int(cfg.get("min_answer_count") or 9)
+    if cfg.get("vocab_file"):
+        path = Path(cfg.vocab_file).expanduser()
+    else:
+        ann = root / VQAV2_FILES["train"][1]
+        if not ann.is_file():
+            raise FileNotFoundError(f"VQAv2 annotations not found: {ann} (set data.root to the folder with the "
+                                    "VQAv2 files)")
+        key = cache_key({"what": "vqav2_answer_vocab", "version": 1, "num_answers": top_k, "min_count": min_count},
+                        [ann], root)
+        path = root / f"frozenlm_answer_vocab_{key}.json"
+    def build() -> list[str]:
+        return answer_vocab([r["answers"] for r in read_vqav2(root, "train")], top_k, min_count)
+
+    return load_or_build(path, build, lambda vocab, tmp: tmp.write_text(json.dumps(vocab)),
+                         lambda p: json.loads(p.read_text()))
+
+
 def build_vqav2(cfg: Any, split: str) -> VQADataset:
-    """VQAv2 with the answer vocabulary built from the training annotations (cached in data.vocab_file)."""
+    """VQAv2 with the answer vocabulary of :func:`vqav2_vocab`."""
     if not cfg.get("root"):
         raise ValueError("data.root is required for VQAv2 (folder with the question/annotation json files "
                          "and the COCO train2014/val2014 image folders)")
-    vocab_file = Path(cfg.get("vocab_file") or Path(cfg.root).expanduser() / "frozenlm_answer_vocab.json")
-    if vocab_file.is_file():
-        vocab = json.loads(vocab_file.read_text())
-    else:
-        vocab = answer_vocab([r["answers"] for r in read_vqav2(cfg.root, "train")],
-                             int(cfg.get("num_answers") or 3129), int(cfg.get("min_answer_count") or 9))
-        vocab_file.write_text(json.dumps(vocab))
+    vocab = vqav2_vocab(cfg)
     records = read_vqav2(cfg.root, "train" if split == "train" else "val")
     n = cfg.get("subset_train") if split == "train" else cfg.get("subset_val")
     tf = image_transform(int(cfg.img_size), CLIP_MEAN, CLIP_STD, split == "train")
-    return VQADataset(subset(records, n, cfg.get("subset_seed")), vocab, tf, answer_types=ANSWER_TYPES["vqav2"])
+    return VQADataset(subset(records, n, cfg.get("subset_seed")), vocab, tf, answer_types=ANSWER_TYPES["vqav2"],
+                      policy=on_error_policy(cfg))
 
 
 VQA_DATASETS: dict[str, Callable[[Any, str], VQADataset]] = {"easy_vqa": build_easy_vqa, "vqav2": build_vqav2}

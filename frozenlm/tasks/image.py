@@ -12,6 +12,7 @@ import bisect
 from torch.utils.data import Dataset
 
 from ..data import build_image_dataset, build_loss, build_mixup, get_num_classes, mask_logits
+from ..data.errors import DropSkipped
 from ..data.imagenet_variants import ImageNetCConcat, summarize_imagenet_c
 from ..engine.classification import classification_finalize, topk_sums
 from ..engine.task import Task, register_task
@@ -43,9 +44,11 @@ class PartTagged(Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> tuple[Any, int, int]:
-        x, y = self.ds[i]
-        return x, y, bisect.bisect_right(self.ds.cumulative_sizes, i)
+    def __getitem__(self, i: int) -> tuple[Any, int, int] | None:
+        item = self.ds[i]
+        if item is None:  # an unreadable image skipped under data.on_error=skip
+            return None
+        return item[0], item[1], bisect.bisect_right(self.ds.cumulative_sizes, i)
 
 
 #: model keys of the ViT(+LMLayer) classifier ("*": any timm VisionTransformer argument; timm checks those).
@@ -95,6 +98,9 @@ class ImageClassification(Task):
             self._c_parts = ds.parts
             return PartTagged(ds)
         return ds
+
+    def collate_fn(self, cfg: Any, split: str) -> DropSkipped:
+        return DropSkipped()  # PyTorch's default collate after dropping skipped (unreadable) images
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         x, y = batch

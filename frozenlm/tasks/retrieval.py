@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.errors import DropSkipped
 from ..data.retrieval import build_retrieval_dataset
 from ..engine.task import Task, register_task
 from .vl_common import build_vl_model, text_collate, vl_param_groups
@@ -98,7 +99,7 @@ class RetrievalTask(Task):
         return _WithCaptionId(ds) if split == "train" else ds
 
     def collate_fn(self, cfg: Any, split: str) -> Callable:
-        return text_collate(cfg)
+        return DropSkipped(text_collate(cfg))
 
     def param_groups(self, model: nn.Module, cfg: Any) -> list[dict]:
         return vl_param_groups(model, cfg)
@@ -180,5 +181,7 @@ class _WithCaptionId(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         item = self.ds[k]
+        if item is None:  # an unreadable image skipped under data.on_error=skip
+            return None
         item["caption_id"] = self.ds.caption_id[item["question"]]
         return item

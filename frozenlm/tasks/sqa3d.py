@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.errors import on_error_policy
 from ..data.rooms3d import QUESTION_TYPES, load_or_generate_rooms
 from ..data.sqa3d import (SituatedQADataset, build_answer_vocab, build_word_vocab, drop_bad_scenes,
                           load_scene_points, read_sqa3d_split, rooms_to_samples)
@@ -52,7 +53,7 @@ def _load(key: str, split: str) -> tuple[list[dict[str, Any]], Any, dict[str, in
                              "(one <scene_id>.npy/.npz/.pth xyz+rgb file per ScanNet scene)")
         samples = read_sqa3d_split(d["root"], split)
         samples, files, skipped = drop_bad_scenes(samples, Path(d["scene_dir"]).expanduser(),
-                                                  d.get("on_missing", "error"))
+                                                  d.get("on_missing", "error"), on_error_policy(d))
         cache: dict[Any, np.ndarray] = {}
         max_pts = int(d.get("scene_points", 40000))
 

@@ -93,7 +93,7 @@ class VideoClassification(Task):
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         if batch is None:
             raise RuntimeError("every video of a training batch failed to decode (data.on_error=skip); "
-                               "check the [video] skipping messages above")
+                               "check the [data] skipping messages above")
         x, y = batch
         if self._loss is None:
             self._mixup = build_mixup(cfg.data, int(cfg.data.num_classes))

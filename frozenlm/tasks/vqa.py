@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.errors import DropSkipped
 from ..data.vqa import ANSWER_TYPES, build_vqa_dataset
 from ..engine.task import Task, register_task
 from .vl_common import build_vl_model, text_collate, vl_param_groups
@@ -45,7 +46,7 @@ class VQATask(Task):
         return ds
 
     def collate_fn(self, cfg: Any, split: str) -> Callable:
-        return text_collate(cfg)
+        return DropSkipped(text_collate(cfg))
 
     def param_groups(self, model: nn.Module, cfg: Any) -> list[dict]:
         return vl_param_groups(model, cfg)
