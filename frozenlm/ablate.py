@@ -216,33 +216,21 @@ def _run_parallel(config: str, todo: list[tuple], n_runs: int, jobs: int) -> Non
         raise RuntimeError("ablation runs failed: " + ", ".join(failed))
 
 
-def main_ablate(argv: Sequence[str]) -> None:
-    """CLI: `frozenlm ablate CONFIG --variants none,frozen,mlp --seeds 3 [key=value ...]`."""
-    p = argparse.ArgumentParser(prog="frozenlm ablate", description="Run a grid of runs and tabulate mean ± std.")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
-    for a, key in AXES.items():
-        sep = ";" if a == "layers" else ","
-        p.add_argument(f"--{a}", default=None, help=f"'{sep}'-separated values for {key}")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
-    p.add_argument("--metric", default="top1")
-    p.add_argument("--also", default="", help="','-separated further metrics for summary.md (e.g. per answer type)")
-    p.add_argument("--out", default=None, help="output dir (default runs/ablate/<config name>)")
-    p.add_argument("--jobs", type=int, default=1, help="grid points trained at once, one process each")
-    a = p.parse_intermixed_args(argv)  # key=value overrides may follow the flags
-    axes = {k: [v.strip() for v in getattr(a, k).split(";" if k == "layers" else ",") if v.strip()]
-            for k in AXES if getattr(a, k)}
+def ablate(config: str, axes: dict[str, list[str]], seeds: int = 1, overrides: Sequence[str] = (),
+           out: str | Path | None = None, metric: str = "top1", also: Sequence[str] = (), jobs: int = 1) -> dict:
+    """Train the grid (``axes``: flag name -> values, see AXES) x ``seeds`` and write summary.{csv,md,png}
+    and curves.png under ``out`` (default runs/ablate/<config name>); returns the written paths."""
     if not axes:
         raise ValueError("give at least one of --variants, --layers, --positions, --sources")
-    out = Path(a.out or f"runs/ablate/{Path(a.config).stem}")
-    if a.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {a.jobs}")
-    rows = run_ablation(a.config, axes, range(a.seeds), a.overrides, out, a.metric, a.jobs)
-    also = [m.strip() for m in a.also.split(",") if m.strip()]
-    paths = write_outputs(out, rows, a.metric, f"{Path(a.config).stem}: {a.metric}", also)
-    curves = plot_curves(out, rows)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    out_dir = Path(out or f"runs/ablate/{Path(config).stem}")
+    rows = run_ablation(config, axes, range(seeds), overrides, out_dir, metric, jobs)
+    paths = write_outputs(out_dir, rows, metric, f"{Path(config).stem}: {metric}", list(also))
+    curves = plot_curves(out_dir, rows)
     print(paths["md"].read_text())
     print(f"wrote {paths['csv']}, {paths['md']}, {paths['png']}" + (f", {curves}" if curves else ""))
+    return {**paths, "curves": curves}
 
 
-__all__ = ["grid", "main_ablate", "plot_curves", "read_train_curve", "run_ablation", "summarize", "write_outputs"]
+__all__ = ["AXES", "ablate", "grid", "plot_curves", "read_train_curve", "run_ablation", "summarize", "write_outputs"]

@@ -1,48 +1,16 @@
-"""`frozenlm train|eval|ablate|analyze|inspect|sources|models ...` — the command-line front end."""
+"""`frozenlm train|eval|ablate|analyze|bench|inspect|sources|models ...`: the command-line front end.
+
+All argument parsing and exit codes live here; every command calls a library function, so the same
+work is available from Python. `parse(argv)` only parses (the docs test checks every command the
+docs show with it); `main(argv)` parses and runs.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-from typing import Sequence
-
-
-def _inspect(argv: Sequence[str]) -> None:
-    from .lm import describe_source
-    p = argparse.ArgumentParser(prog="frozenlm inspect",
-                                description="Architecture of a checkpoint and the tensors of one layer "
-                                            "(other layers are not read).")
-    p.add_argument("source", help="catalog name (smollm2-135m, minilm-l6), .gguf file, Meta or HF directory")
-    p.add_argument("--layer", default="-1", help="layer whose tensors to list (default: -1 = last)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    a = p.parse_args(argv)
-    info = describe_source(a.source, int(a.layer))
-    if a.json:
-        print(json.dumps(info, indent=2))
-        return
-    for k, v in info.items():
-        if k != "tensors":
-            print(f"{k:>16}: {v}")
-    print(f"tensors of layer {info['layer']}:")
-    for t in info["tensors"]:
-        print(f"  {t['name']:<48} {str(tuple(t['shape'])):<16} {t['dtype']}")
-
-
-def _sources(argv: Sequence[str]) -> None:
-    from .lm.catalog import catalog_table
-    argparse.ArgumentParser(prog="frozenlm sources", description="Named offline sources.").parse_args(argv)
-    for row in catalog_table():
-        print(f"{row['name']:<14} {'installed' if row['installed'] else 'missing  '}  {row['description']}")
-    print("any local path also works: a .gguf file, a Meta dir (params.json), or a Hugging Face dir (config.json)")
-
-
-def _models(argv: Sequence[str]) -> None:
-    from .models import list_models
-    argparse.ArgumentParser(prog="frozenlm models", description="Registered model names.").parse_args(argv)
-    print("\n".join(list_models()))
-    print("(plus every timm vit_*/deit_* name, e.g. vit_small_patch16_224)")
-
+from typing import Any, Callable, Mapping, Sequence
 
 COMMANDS = {
     "train": "train CONFIG [key=value ...]",
@@ -56,40 +24,232 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser that raises instead of exiting, so `parse` can be used as a checker."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(f"{self.prog}: {message}")
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="frozenlm train", description="Train a config (YAML + key=value overrides).")
+    p.add_argument("config", help="config YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3")
+    return p
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="frozenlm eval", description="Evaluate a checkpoint with its saved config.")
+    p.add_argument("checkpoint", help="run dir, checkpoints dir, step dir, a file inside one, or a latest/best pointer")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval_split=test")
+    return p
+
+
+def _ablate_parser() -> argparse.ArgumentParser:
+    from .ablate import AXES
+    p = _Parser(prog="frozenlm ablate", description="Run a grid of runs and tabulate mean ± std.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    for a, key in AXES.items():
+        sep = ";" if a == "layers" else ","
+        p.add_argument(f"--{a}", default=None, help=f"'{sep}'-separated values for {key}")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--metric", default="top1")
+    p.add_argument("--also", default="", help="','-separated further metrics for summary.md (e.g. per answer type)")
+    p.add_argument("--out", default=None, help="output dir (default runs/ablate/<config name>)")
+    p.add_argument("--jobs", type=int, default=1, help="grid points trained at once, one process each")
+    return p
+
+
+def _analyze_parser() -> argparse.ArgumentParser:
+    from .analysis.analyze import __doc__ as doc
+    p = _Parser(prog="frozenlm analyze", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("items", nargs="+", help="checkpoints, then key=value options")
+    return p
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    import torch
+    from .bench.run import __doc__ as doc
+    p = _Parser(prog="frozenlm bench", description=(doc or "").splitlines()[0])
+    p.add_argument("--model", default="vit_small_patch16_224",
+                   help="timm ViT name, or 'block' for the LM sandwich alone on --tokens tokens")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--tokens", type=int, default=1568, help="tokens per sample with --model block (1568 = a video clip)")
+    p.add_argument("--in-dim", type=int, default=384, help="visual token width with --model block")
+    p.add_argument("--lm", default="llama-7b", help="shape preset (llama-7b, llama-13b) or any LM source")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (the best is reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 for frozenlm's configurations")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile of the block")
+    p.add_argument("--no-reference", action="store_true", help="skip the eager reference")
+    p.add_argument("--no-step", action="store_true", help="skip the step benchmark")
+    p.add_argument("--load", action="store_true", help="measure building a layer from a 13.5 GB 7B-shaped checkpoint")
+    p.add_argument("--load-dir", default=None, help="an existing Meta checkpoint dir for --load (default: synthetic)")
+    p.add_argument("--layer", type=int, default=31, help="layer read by --load")
+    p.add_argument("--tmp", default=None, help="where synthetic checkpoints are written (needs ~14 GB)")
+    p.add_argument("--ckpt", action="store_true", help="measure the size of a trained-model checkpoint")
+    p.add_argument("--matmul-n", type=int, default=4096, help="size of the square matmul timed as the peak")
+    p.add_argument("--json", default=None, help="also write every number to this JSON file")
+    return p
+
+
+def _inspect_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="frozenlm inspect",
+                description="Architecture of a checkpoint and the tensors of one layer (other layers are not read).")
+    p.add_argument("source", help="catalog name (smollm2-135m, minilm-l6), .gguf file, Meta or HF directory")
+    p.add_argument("--layer", default="-1", help="layer whose tensors to list (default: -1 = last)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _plain_parser(name: str, description: str) -> Callable[[], argparse.ArgumentParser]:
+    return lambda: _Parser(prog=f"frozenlm {name}", description=description)
+
+
+PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
+    "train": _train_parser, "eval": _eval_parser, "ablate": _ablate_parser, "analyze": _analyze_parser,
+    "bench": _bench_parser, "inspect": _inspect_parser,
+    "sources": _plain_parser("sources", "Named offline sources."),
+    "models": _plain_parser("models", "Registered model names."),
+}
+
+
+def parse(argv: Sequence[str]) -> tuple[str, argparse.Namespace]:
+    """(command, parsed arguments) for ``argv`` (without the program name); ValueError if it does not parse."""
+    if not argv or argv[0] not in PARSERS:
+        raise ValueError(f"unknown command {argv[0]!r}" if argv else "no command given")
+    p = PARSERS[argv[0]]()
+    # intermixed: key=value overrides may follow the flags (`ablate CONFIG --seeds 3 epochs=1`)
+    return argv[0], p.parse_intermixed_args(list(argv[1:]))
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _print_metrics(prefix: str, metrics: Mapping[str, Any]) -> None:
+    """One `key=value` line on rank 0 (what train/eval show at the end)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(prefix + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
+              flush=True)
+
+
+def _exit_if_distributed() -> None:
+    # See engine.distributed.shutdown_distributed: skipping interpreter teardown avoids a gloo abort at exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os._exit(0)
+
+
+def main_train(argv: Sequence[str]) -> dict[str, float]:
+    """``CONFIG [key=value ...]``: load the config (keys checked against the task), train, print the metrics."""
+    from .config import load_config
+    from .engine.task import task_schema
+    from .engine.train import train
+    _, a = parse(["train", *argv])
+    metrics = train(load_config(a.config, a.overrides, schema_for=task_schema))
+    _print_metrics("final ", metrics)
+    _exit_if_distributed()
+    return metrics
+
+
+def main_eval(argv: Sequence[str]) -> dict[str, float]:
+    """``CHECKPOINT [key=value ...]``: evaluate and print the metrics."""
+    from .engine.train import evaluate
+    _, a = parse(["eval", *argv])
+    metrics = evaluate(a.checkpoint, a.overrides)
+    _print_metrics("", metrics)
+    _exit_if_distributed()
+    return metrics
+
+
+def main_ablate(argv: Sequence[str]) -> dict:
+    """``CONFIG --variants ... --seeds N [key=value ...]``: train the grid and write the summary."""
+    from .ablate import AXES, ablate
+    _, a = parse(["ablate", *argv])
+    axes = {k: [v.strip() for v in getattr(a, k).split(";" if k == "layers" else ",") if v.strip()]
+            for k in AXES if getattr(a, k)}
+    also = [m.strip() for m in a.also.split(",") if m.strip()]
+    return ablate(a.config, axes, a.seeds, a.overrides, a.out, a.metric, also, a.jobs)
+
+
+def main_analyze(argv: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``CHECKPOINT [CHECKPOINT ...] [key=value ...]``: information-filtering maps and mIoU tables."""
+    from .analysis.analyze import analyze, parse_options
+    _, a = parse(["analyze", *argv])
+    ckpts, opts = parse_options(a.items)
+    return analyze(ckpts, opts)
+
+
+def main_bench(argv: Sequence[str]) -> dict[str, Any]:
+    """``[--model ...] [--lm ...]``: speed, memory, load time and checkpoint size (docs/performance.md)."""
+    from .bench.run import run_bench
+    _, a = parse(["bench", *argv])
+    return run_bench(a)
+
+
+def main_inspect(argv: Sequence[str]) -> dict[str, Any]:
+    """``SOURCE [--layer N] [--json]``: architecture and one layer's tensors, with warnings for mismatches."""
+    from .lm import describe_source
+    _, a = parse(["inspect", *argv])
+    info = describe_source(a.source, int(a.layer))
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return info
+    for k, v in info.items():
+        if k not in ("tensors", "warnings"):
+            print(f"{k:>16}: {v}")
+    print(f"tensors of layer {info['layer']}:")
+    for t in info["tensors"]:
+        print(f"  {t['name']:<48} {str(tuple(t['shape'])):<16} {t['dtype']}")
+    for w in info.get("warnings", []):
+        print(f"warning: {w}")
+    return info
+
+
+def main_sources(argv: Sequence[str]) -> None:
+    """List the catalog's offline sources."""
+    from .lm.catalog import catalog_table
+    parse(["sources", *argv])
+    for row in catalog_table():
+        print(f"{row['name']:<14} {'installed' if row['installed'] else 'missing  '}  {row['description']}")
+    print("any local path also works: a .gguf file, a Meta dir (params.json), or a Hugging Face dir (config.json)")
+
+
+def main_models(argv: Sequence[str]) -> None:
+    """List the registered model names."""
+    from .models import list_models
+    parse(["models", *argv])
+    print("\n".join(list_models()))
+    print("(plus every timm vit_*/deit_* name, e.g. vit_small_patch16_224)")
+
+
+RUN: dict[str, Callable[[Sequence[str]], Any]] = {
+    "train": main_train, "eval": main_eval, "ablate": main_ablate, "analyze": main_analyze, "bench": main_bench,
+    "inspect": main_inspect, "sources": main_sources, "models": main_models,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `frozenlm` console script (also `python -m frozenlm.cli`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        usage = "\n".join(f"  frozenlm {u}" for u in COMMANDS.values())
-        print(f"usage:\n{usage}", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
-            sys.exit(2)
+    usage = "usage:\n" + "\n".join(f"  frozenlm {u}" for u in COMMANDS.values())
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
         return
     cmd, rest = argv[0], argv[1:]
+    if cmd not in RUN:
+        print(usage, file=sys.stderr)
+        print(f"error: unknown command {cmd!r}", file=sys.stderr)
+        sys.exit(2)
+    if rest and rest[0] in ("-h", "--help"):
+        PARSERS[cmd]().print_help()
+        return
     try:
-        if cmd == "train":
-            from .engine.train import main_train
-            main_train(rest)
-        elif cmd == "eval":
-            from .engine.train import main_eval
-            main_eval(rest)
-        elif cmd == "ablate":
-            from .ablate import main_ablate
-            main_ablate(rest)
-        elif cmd == "analyze":
-            from .analysis.cli import main_analyze
-            main_analyze(rest)
-        elif cmd == "bench":
-            from .bench.run import main_bench
-            main_bench(rest)
-        elif cmd == "inspect":
-            _inspect(rest)
-        elif cmd == "sources":
-            _sources(rest)
-        else:
-            _models(rest)
-    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError) as e:
+        RUN[cmd](rest)
+    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError, ImportError) as e:
         # Known bad-input errors: one clear line, not a traceback (FROZENLM_DEBUG=1 shows it).
         if os.environ.get("FROZENLM_DEBUG"):
             raise

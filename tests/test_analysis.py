@@ -224,7 +224,7 @@ def test_cluttered_deterministic_and_mask_matches_item(clutter: str) -> None:
 
 
 def test_matched_clutter_removes_most_of_the_brightness_shortcut() -> None:
-    from frozenlm.analysis.cli import brightness_map
+    from frozenlm.analysis.analyze import brightness_map
     res = {}
     for clutter in ("standard", "matched"):
         ds = ClutteredFashionMNIST(n=60, seed=0, img_size=32, clutter=clutter)
@@ -239,7 +239,7 @@ def test_matched_clutter_removes_most_of_the_brightness_shortcut() -> None:
 
 
 def test_brightness_reference_map() -> None:
-    from frozenlm.analysis.cli import brightness_map
+    from frozenlm.analysis.analyze import brightness_map
     img = torch.zeros(2, 3, 8, 8)
     img[0, :, :4, 4:] = 1.0  # top-right token of a 2x2 grid
     b = brightness_map(img, (2, 2))
@@ -286,7 +286,7 @@ def test_report_files(tmp_path: Path) -> None:
 
 
 def test_analysis_clutter_follows_the_checkpoint() -> None:
-    from frozenlm.analysis.cli import clutter_for
+    from frozenlm.analysis.analyze import clutter_for
     from frozenlm.config import load_config
     matched = load_config("configs/image/cluttered_smollm2.yaml")
     assert matched.task == "image_cluttered" and clutter_for({"clutter": None}, matched) == "matched"
@@ -310,7 +310,7 @@ def test_seed_aggregation(tmp_path: Path) -> None:
 
 
 def test_analyze_cli_on_trained_checkpoints(tmp_path: Path) -> None:
-    from frozenlm.analysis.cli import main_analyze
+    from frozenlm.cli import main_analyze
     from frozenlm.config import load_config
     from frozenlm.engine.train import train
 

@@ -45,12 +45,15 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path):
 
 def test_plain_dict_configs_are_checked_by_train(tmp_path):
     from frozenlm.engine import train
-    cfg = load_config(REPO / "configs/image/fmnist_smollm2.yaml")
+    tiny = ["max_steps=1", "data.subset_train=64", "data.subset_val=32", "batch_size=32", "progress=false",
+            f"run_dir={tmp_path / 'run'}"]
+    cfg = load_config(REPO / "configs/image/fmnist_smollm2.yaml", tiny)
     cfg.data.mixpu = 0.8  # a dict built in a notebook: no file to blame, the key is still refused
     with pytest.raises(ConfigError, match=r"data\.mixpu  \(did you mean: data\.mixup"):
         train(cfg)
     with pytest.raises(ConfigError, match=r"model\.lm\.varient"):
-        train(load_config(REPO / "configs/pointcloud/shapes_baseline.yaml", ["+model.lm.varient=frozen"]))
+        train(load_config(REPO / "configs/pointcloud/shapes_baseline.yaml", ["+model.lm.varient=frozen", "max_steps=1", "progress=false",
+                                                                             f"run_dir={tmp_path / 'pc'}"]))
 
 
 def test_task_declared_keys_need_no_plus(tmp_path):

@@ -285,7 +285,7 @@ def test_topk_sums_and_finalize():
 
 
 def test_main_train_and_main_eval_parse_argv(tmp_path, capsys):
-    from frozenlm.engine import main_eval, main_train
+    from frozenlm.cli import main_eval, main_train
 
     cfg = fx.blob_config(tmp_path / "run").to_dict()
     cfg.pop("name")

@@ -41,3 +41,16 @@ def test_unknown_task_lists_the_known_ones():
         get_task("imgae")
     assert "image" in str(e.value)
     assert {"image", "video", "pointcloud", "motion", "vqa", "retrieval", "sqa3d"} <= set(registered_tasks())
+
+
+def test_single_process_evaluation_is_refused_before_training_with_several_ranks():
+    import pytest
+    from frozenlm.config import make_config
+    from frozenlm.engine.task import get_task
+    from frozenlm.engine.train import check_eval_world_size
+    task, cfg = get_task("retrieval"), make_config({"task": "retrieval"})
+    with pytest.raises(ValueError, match="eval_every=null"):
+        check_eval_world_size(task, cfg, 2, evaluating=True)
+    check_eval_world_size(task, cfg, 2, evaluating=False)  # training only: fine
+    check_eval_world_size(task, cfg, 1, evaluating=True)
+    check_eval_world_size(get_task("vqa"), make_config({"task": "vqa"}), 4, evaluating=True)

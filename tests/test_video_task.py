@@ -39,12 +39,12 @@ def test_training_lowers_the_loss_and_reports_per_class_accuracy(tmp_path: Path,
     assert len(per_class) == 12
     assert metrics["mean_class_acc"] == pytest.approx(sum(per_class) / 12)  # balanced val set
     # `frozenlm analyze` on the trained checkpoint: per-frame maps of every sandwich stage
-    from frozenlm.analysis.cli import main_analyze
+    from frozenlm.cli import main_analyze
     from frozenlm.analysis.video import video_stage_maps
     out = tmp_path / "analysis"
     assert main_analyze([str(tmp_path / "run"), f"out={out}", "figures=2", "seed=0"]) == {"run": {}}
     assert sorted(p.name for p in (out / "run").glob("frames_*.png")) == ["frames_000.png", "frames_001.png"]
-    from frozenlm.analysis.cli import load_model
+    from frozenlm.analysis.analyze import load_model
     model, cfg, _ = load_model(str(tmp_path / "run"))
     clip = torch.randn(2, 3, *cfg_frames(cfg))
     maps, logits = video_stage_maps(model.eval(), clip)

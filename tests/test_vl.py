@@ -295,7 +295,7 @@ def test_vqa_and_retrieval_train_and_evaluate_through_the_engine(tmp_path: Path)
     again = evaluate(tmp_path / "ret")  # a fresh task object: the whole ranking is rebuilt
     assert again["IR@5"] == pytest.approx(r["IR@5"]) and again["TR@1"] == pytest.approx(r["TR@1"])
     assert json.loads((tmp_path / "vqa" / "metrics.json").read_text())["final"]["overall"] == pytest.approx(v["overall"])
-    from frozenlm.analysis.cli import main_analyze
+    from frozenlm.cli import main_analyze
     res = main_analyze([str(tmp_path / "vqa"), f"out={tmp_path / 'an'}", "n=8", "figures=1", "batch=8"])
     assert set(res["vqa"]) == {"fused/mag", "fused/freq"}  # baseline: no sandwich stages
     assert all(0.0 <= x <= 1.0 for x in res["vqa"].values()) and (tmp_path / "an" / "vqa" / "overlay_000.png").is_file()

@@ -136,32 +136,8 @@ LOAD_COLS = [("config", "configuration", "s"), ("load_s", "build time (s)", ".2f
              ("checkpoint_bytes", "checkpoint on disk", "bytes")]
 
 
-def main_bench(argv: Sequence[str]) -> None:
-    """Entry point of `frozenlm bench`."""
-    p = argparse.ArgumentParser(prog="frozenlm bench", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vit_small_patch16_224",
-                   help="timm ViT name, or 'block' for the LM sandwich alone on --tokens tokens")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--tokens", type=int, default=1568, help="tokens per sample with --model block (1568 = a video clip)")
-    p.add_argument("--in-dim", type=int, default=384, help="visual token width with --model block")
-    p.add_argument("--lm", default="llama-7b", help="shape preset (llama-7b, llama-13b) or any LM source")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3, help="timed steps (the best is reported)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 for frozenlm's configurations")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile of the block")
-    p.add_argument("--no-reference", action="store_true", help="skip the eager reference")
-    p.add_argument("--no-step", action="store_true", help="skip the step benchmark")
-    p.add_argument("--load", action="store_true", help="measure building a layer from a 13.5 GB 7B-shaped checkpoint")
-    p.add_argument("--load-dir", default=None, help="an existing Meta checkpoint dir for --load (default: synthetic)")
-    p.add_argument("--layer", type=int, default=31, help="layer read by --load")
-    p.add_argument("--tmp", default=None, help="where synthetic checkpoints are written (needs ~14 GB)")
-    p.add_argument("--ckpt", action="store_true", help="measure the size of a trained-model checkpoint")
-    p.add_argument("--matmul-n", type=int, default=4096, help="size of the square matmul timed as the peak")
-    p.add_argument("--json", default=None, help="also write every number to this JSON file")
-    a = p.parse_args(argv)
+def run_bench(a: argparse.Namespace) -> dict[str, Any]:
+    """Run the measurements `frozenlm bench` asks for (``a``: its parsed arguments); returns every number."""
     from .worker import lm_config
     lm_config(a.lm)  # a bad --lm fails here, in one line, before any worker starts
     a.precision = resolve_precision(a.precision, torch.device(a.device))
@@ -199,3 +175,4 @@ def main_bench(argv: Sequence[str]) -> None:
                   f"{_fmt_bytes(c['reference_bytes'])}")
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2))
+    return result

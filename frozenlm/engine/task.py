@@ -47,6 +47,9 @@ class Task:
     #: Every config key the task reads beyond the engine's (dotted names, ``a.*`` = open mapping).
     #: Unknown keys are refused; a task that leaves this as None gets its own sections unchecked.
     config_keys: Optional[tuple[str, ...]] = None
+    #: False when evaluation must see the whole split in one process (retrieval ranks every
+    #: caption against every image); the engine then refuses to evaluate with several ranks.
+    distributed_eval: bool = True
 
     def build_model(self, cfg: Any) -> nn.Module:
         """Build the model (frozen LM blocks included) on CPU."""

@@ -1,11 +1,10 @@
 """The one training/evaluation loop shared by every task.
 
-``train(cfg)`` and ``evaluate(checkpoint)`` are the library entry points; ``main_train`` and
-``main_eval`` parse ``CONFIG [key=value ...]`` for the CLI and for ``torchrun``.
+``train(cfg)`` and ``evaluate(checkpoint)`` are the library entry points; ``frozenlm.cli`` parses
+``CONFIG [key=value ...]`` for the command line and for ``torchrun -m frozenlm.cli train``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.metadata
 import math
@@ -20,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from frozenlm.config import Config, ConfigError, check_keys, load_config, make_config, unknown_keys_message
+from frozenlm.config import Config, ConfigError, check_keys, make_config, unknown_keys_message
 from frozenlm.engine import checkpoint as ckpt
 from frozenlm.engine.data import build_loader
 from frozenlm.engine.distributed import (DistInfo, all_reduce_sums, broadcast_object, init_distributed,
@@ -33,7 +32,7 @@ from frozenlm.engine.rng import get_rng_state, preserved_rng, seed_all, set_rng_
 from frozenlm.engine.task import Task, get_task, primary_metric, task_schema
 from frozenlm.engine.trained import load_trained
 
-__all__ = ["train", "evaluate", "run_eval", "main_train", "main_eval", "validate_config", "to_device"]
+__all__ = ["train", "evaluate", "run_eval", "validate_config", "to_device"]
 
 
 def _version() -> str:
@@ -69,6 +68,14 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"best_mode must be max, min or null (the task's direction), got {cfg.best_mode!r}")
     if cfg.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
+
+
+def check_eval_world_size(task: Task, cfg: Config, world_size: int, evaluating: bool) -> None:
+    """Fail before any training when a task that evaluates in one process would be evaluated by several."""
+    if evaluating and world_size > 1 and not getattr(task, "distributed_eval", True):
+        raise ValueError(f"task {cfg.task!r} evaluates the whole split in one process, but this run has {world_size} "
+                         f"ranks: train with eval_every=null and evaluate the checkpoint afterwards with one process "
+                         f"(frozenlm eval RUN_DIR)")
 
 
 def best_rule(cfg: Config, task: Task) -> tuple[str, str]:
@@ -162,6 +169,7 @@ class _Trainer:
     def __init__(self, cfg: Config, info: DistInfo, device: torch.device) -> None:
         self.cfg, self.info, self.device = cfg, info, device
         self.task = get_task(cfg.task)
+        check_eval_world_size(self.task, cfg, info.world_size, cfg.eval_every is not None)
         self.run_dir = _run_dir(cfg, info)
         cfg.run_dir = str(self.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -395,6 +403,7 @@ def evaluate(checkpoint_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
     cfg.precision = resolve_precision(cfg.precision, device)
     info = init_distributed(cfg.distributed.backend, device)
     task = get_task(cfg.task)
+    check_eval_world_size(task, cfg, info.world_size, True)
     model.to(device)
     ds = task.build_dataset(cfg, cfg.eval_split)
     if ds is None:
@@ -410,47 +419,3 @@ def evaluate(checkpoint_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
                 metrics.update({f"ema_{k}": v for k, v in run_eval(task, model, loader, cfg, info, device).items()})
     shutdown_distributed(info)
     return metrics
-
-
-def _parse(argv: Optional[Sequence[str]], what: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"frozenlm {what}")
-    p.add_argument("path", help="config YAML" if what == "train" else "checkpoint dir (or run dir)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 (+key=value adds a key)")
-    return p.parse_args(argv)
-
-
-def _exit_if_distributed() -> None:
-    # See shutdown_distributed: skipping interpreter teardown avoids a gloo abort at exit.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        os._exit(0)
-
-
-def _print_metrics(prefix: str, metrics: Mapping[str, Any]) -> None:
-    """One `key=value` line on rank 0 (what the CLI shows at the end of train/eval)."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(prefix + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
-              flush=True)
-
-
-def main_train(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
-    """``CONFIG [key=value ...]`` -> :func:`train`; exits the process at once under torchrun."""
-    args = _parse(argv, "train")
-    metrics = train(load_config(args.path, args.overrides, schema_for=task_schema))
-    _print_metrics("final ", metrics)
-    _exit_if_distributed()
-    return metrics
-
-
-def main_eval(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
-    """``CHECKPOINT [key=value ...]`` -> :func:`evaluate`, printing the metrics on rank 0."""
-    args = _parse(argv, "eval")
-    metrics = evaluate(args.path, args.overrides)
-    _print_metrics("", metrics)
-    _exit_if_distributed()
-    return metrics
-
-
-if __name__ == "__main__":
-    main_train()

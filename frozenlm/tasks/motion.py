@@ -37,7 +37,7 @@ class MotionForecasting(Task):
                  "dec_layers", "heads"),
         *lm_config_keys("model.lm"),
         *section("data", "name", "history", "future", "radius", "max_agents", "max_lanes", "skip_invalid",
-                 "num_train", "num_val", "root", "synth_seed", "cache_dir", "lanes_file", "observed"),
+                 "num_train", "num_val", "root", "synth_seed", "cache_dir", "lanes_file", "observed", "on_error"),
         *section("loss", "cls_weight", "relax"),
     )
 

@@ -46,7 +46,7 @@ class PointCloudClassification(Task):
         *lm_config_keys("model.lm"),
         *section("data", "name", "root", "num_classes", "num_points", "train_fps_points", "augment", "smoothing",
                  "votes", "variant", "file_points", "train_per_class", "test_per_class", "shapes", "cache_dir",
-                 "shapes_seed"),
+                 "shapes_seed", "on_error"),
         "optim.adapter_lr_mult",
     )
 

@@ -74,10 +74,11 @@ class RetrievalTask(Task):
     """ITC + ITM training on (image, caption) pairs; whole-split ranking at evaluation."""
 
     primary_metric, primary_mode = "rsum", "max"
+    distributed_eval = False  # ranking needs every image and caption of the split in one process
     config_keys = (  # no model.num_answers: retrieval has no answer head
         *VL_MODEL_KEYS,
         *section("data", "name", "root", "ann_file", "image_dir", "img_size", "subset_train", "subset_val",
-                 "subset_seed", "unique_texts", "max_text_len"),
+                 "subset_seed", "unique_texts", "max_text_len", "on_error"),
         *section("retrieval", "k_candidates", "fusion_batch"),
     )
 

@@ -28,7 +28,7 @@ class VQATask(Task):
     config_keys = (
         *VL_MODEL_KEYS, "model.num_answers",
         *section("data", "name", "root", "img_size", "subset_train", "subset_val", "subset_seed", "max_text_len",
-                 "vocab_file", "num_answers", "min_answer_count"),
+                 "vocab_file", "num_answers", "min_answer_count", "on_error"),
         "vqa.image_control",
     )
 

@@ -18,9 +18,8 @@ Video checkpoints (task video) get per-frame maps of every stage for `figures` v
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -137,22 +136,24 @@ def brightness_map(images: Tensor, grid: tuple[int, int]) -> Tensor:
     return (m - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def main_analyze(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, float]]:
-    """CLI entry: `CHECKPOINT [CHECKPOINT ...] [key=value ...]` -> {model label: {map: mIoU}}."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return {}
-    ckpts = [a for a in argv if "=" not in a]
+def parse_options(items: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Split `frozenlm analyze` arguments into checkpoints and `key=value` options (checked against DEFAULTS)."""
+    ckpts = [a for a in items if "=" not in a]
     opts = dict(DEFAULTS)
-    for a in argv:
+    for a in items:
         if "=" in a:
             k, v = a.split("=", 1)
             if k not in DEFAULTS:
-                raise SystemExit(f"frozenlm analyze: unknown option {k!r}; known: {', '.join(DEFAULTS)}")
+                raise ValueError(f"unknown option {k!r}; known: {', '.join(DEFAULTS)}")
             opts[k] = v
     if not ckpts:
-        raise SystemExit("frozenlm analyze: give at least one checkpoint (step dir or run dir)")
+        raise ValueError("give at least one checkpoint (step dir or run dir)")
+    return ckpts, opts
+
+
+def analyze(ckpts: Sequence[str | Path], opts: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Analyse each checkpoint with ``opts`` (see the module docstring); {model label: {map: mIoU}}."""
+    opts = {**DEFAULTS, **opts}
     out_dir = Path(opts["out"])
     results: dict[str, dict[str, float]] = {}
     taken: set[str] = set()
