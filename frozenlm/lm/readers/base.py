@@ -110,6 +110,30 @@ class Reader(ABC):
         return {k: tensors[k] for k in expected}
 
 
+def check_layer_numbers(path: Path, found: set[int], n_layers: int, pattern: str, count_key: str) -> None:
+    """Refuse a file whose layer numbers are not exactly 0..n_layers-1 (the count its config states):
+    otherwise `-1` would silently pick a layer that is not the last one, or a layer would be missing."""
+    if found == set(range(n_layers)):
+        return
+    missing = sorted(set(range(n_layers)) - found)
+    extra = sorted(found - set(range(n_layers)))
+    detail = "; ".join(s for s in (f"missing layers {_ranges(missing)}" if missing else "",
+                                   f"unexpected layers {_ranges(extra)}" if extra else "") if s)
+    raise CheckpointError(f"{path}: {count_key} says {n_layers} layers, but the tensors named {pattern!r} "
+                          f"disagree ({detail}); fix the config or use the complete checkpoint")
+
+
+def _ranges(xs: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5' (short messages for long layer lists)."""
+    out: list[str] = []
+    for x in xs:
+        if out and out[-1].split("-")[-1] == str(x - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{x}"
+        else:
+            out.append(str(x))
+    return ", ".join(out)
+
+
 def check_exists(path: Path, what: str) -> None:
     """Raise a CheckpointError naming a missing file."""
     if not path.exists():

@@ -1,6 +1,7 @@
 """GGUF files (llama.cpp): dequantise only the requested layer's tensors."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..config import BlockConfig
-from .base import CheckpointError, Reader, check_exists, unpermute_rotary
+from .base import CheckpointError, Reader, check_exists, check_layer_numbers, unpermute_rotary
 
 KEYS = {
     "attn.q.weight": "attn_q.weight", "attn.k.weight": "attn_k.weight", "attn.v.weight": "attn_v.weight",
@@ -18,6 +19,7 @@ KEYS = {
     "ffn.down.weight": "ffn_down.weight", "attn_norm.weight": "attn_norm.weight",
     "ffn_norm.weight": "ffn_norm.weight",
 }
+_LAYER_KEY = re.compile(r"^blk\.(\d+)\.attn_q\.weight$")
 # llama.cpp permutes q/k rows for these architectures only (their RoPE is the interleaved kind).
 PERMUTED_ARCHS = ("llama", "mistral")
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -51,6 +53,9 @@ class GGUFReader(Reader):
             rope_theta=float(q(f"{arch}.rope.freq_base", 10000.0)),
             qkv_bias="blk.0.attn_q.bias" in self.tensors)
         self.format = f"gguf ({self._file_type()})"
+        found = {int(m.group(1)) for n in self.tensors if (m := _LAYER_KEY.match(n))}
+        check_layer_numbers(self.path, found, self.config.n_layers, "blk.N.attn_q.weight",
+                            f"GGUF metadata {arch}.block_count")
 
     _MISSING = object()
 

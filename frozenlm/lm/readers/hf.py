@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..config import BlockConfig
-from .base import CheckpointError, Reader, check_exists, read_json, safe_torch_load
+from .base import CheckpointError, Reader, check_exists, check_layer_numbers, read_json, safe_torch_load
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "smollm3")
 SUPPORTED = LLAMA_LIKE + ("opt", "gpt2", "bert")
@@ -203,14 +203,29 @@ class HFReader(Reader):
         self.prefix = self._find_prefix(LAYER_MARK[family])
 
     def _find_prefix(self, mark: str) -> str:
-        """The text before the layer number (e.g. 'model.layers.'), found from layer 0's key."""
-        pat = re.compile(r"^(.*?)0\." + re.escape(mark) + "$")
+        """The text before the layer number (e.g. 'model.layers.'), from every layer's marker key.
+
+        The prefix must end at a '.' (or be empty) and the number after it must be a whole
+        component, so 'layers.10.' can never be read as prefix 'layers.1' + layer 0, whatever
+        order the index or the file lists its keys in. Every key is looked at: one prefix and the
+        layers 0..n_layers-1 of config.json, or an error, never a guess.
+        """
+        pat = re.compile(r"^((?:.*\.)?)(\d+)\." + re.escape(mark) + "$")
+        found: dict[str, set[int]] = {}
         for k in self.files.keys():
             m = pat.match(k)
             if m:
-                return m.group(1)
-        raise CheckpointError(f"{self.path}: no tensor named like '<prefix>0.{mark}' found; the weights do not "
-                              f"match config.json's model_type={self.config.arch!r}")
+                found.setdefault(m.group(1), set()).add(int(m.group(2)))
+        if not found:
+            raise CheckpointError(f"{self.path}: no tensor named like '<prefix>N.{mark}' found; the weights do not "
+                                  f"match config.json's model_type={self.config.arch!r}")
+        if len(found) > 1:
+            raise CheckpointError(f"{self.path}: layer tensors '*.N.{mark}' appear under several prefixes "
+                                  f"{sorted(found)}; frozenlm cannot tell which stack is the language model")
+        (prefix, layers), = found.items()
+        key = "n_layer" if self.config.family == "gpt2" else "num_hidden_layers"
+        check_layer_numbers(self.path, layers, self.config.n_layers, f"{prefix}N.{mark}", f"config.json {key}")
+        return prefix
 
     def layer_keys(self, i: int) -> dict[str, str]:
         avail = set(self.files.keys())

@@ -1,13 +1,14 @@
 """Meta LLaMA directories: params.json + consolidated.NN.pth (model-parallel shards)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..config import BlockConfig
-from .base import CheckpointError, Reader, read_json, safe_torch_load, unpermute_rotary
+from .base import CheckpointError, Reader, check_layer_numbers, read_json, safe_torch_load, unpermute_rotary
 
 KEYS = {
     "attn.q.weight": "attention.wq.weight", "attn.k.weight": "attention.wk.weight",
@@ -18,6 +19,21 @@ KEYS = {
 }
 # Model-parallel shards split column-parallel weights on dim 0, row-parallel ones on dim 1.
 ROW_PARALLEL = ("attn.o.weight", "ffn.down.weight")
+
+
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.attention\.wq\.weight$")
+_SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
+
+
+def _ordered_shards(path: Path) -> list[Path]:
+    """consolidated.NN.pth files in model-parallel rank order (by number, not by name), all present."""
+    ranks = {int(m.group(1)): f for f in path.glob("consolidated.*.pth") if (m := _SHARD.match(f.name))}
+    if not ranks:
+        raise CheckpointError(f"{path}: no consolidated.NN.pth files next to params.json")
+    if sorted(ranks) != list(range(len(ranks))):
+        raise CheckpointError(f"{path}: model-parallel shards are numbered {sorted(ranks)}; expected "
+                              f"consolidated.00.pth .. consolidated.{len(ranks) - 1:02d}.pth with none missing")
+    return [ranks[r] for r in range(len(ranks))]
 
 
 def llama_ffn_dim(dim: int, multiple_of: int, multiplier: float | None) -> int:
@@ -35,9 +51,7 @@ class MetaReader(Reader):
         self.path = Path(path)
         pj = self.path / "params.json"
         p = read_json(pj, "params.json of a Meta LLaMA directory")
-        self.shards = sorted(self.path.glob("consolidated.*.pth"))
-        if not self.shards:
-            raise CheckpointError(f"{self.path}: no consolidated.*.pth files next to params.json")
+        self.shards = _ordered_shards(self.path)
         self._sds: list[dict[str, Tensor]] | None = None
         try:
             dim, heads = int(p["dim"]), int(p["n_heads"])
@@ -55,7 +69,11 @@ class MetaReader(Reader):
     def sds(self) -> list[dict[str, Tensor]]:
         """Memory-mapped state dicts of every shard (tensors are views into the files)."""
         if self._sds is None:
-            self._sds = [safe_torch_load(f) for f in self.shards]
+            sds = [safe_torch_load(f) for f in self.shards]
+            found = {int(m.group(1)) for k in sds[0] if (m := _LAYER_KEY.match(k))}
+            check_layer_numbers(self.shards[0], found, self.config.n_layers, "layers.N.attention.wq.weight",
+                                "params.json n_layers")
+            self._sds = sds
         return self._sds
 
     def layer_keys(self, i: int) -> dict[str, str]:
