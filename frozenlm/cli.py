@@ -18,15 +18,25 @@ def _inspect(argv: Sequence[str]) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     a = p.parse_args(argv)
     info = describe_source(a.source, int(a.layer))
+    problems = info.get("problems", [])
+    if problems:
+        # On stderr too in --json mode, so a script reading stdout still sees that the file is broken.
+        print(f"warning: {len(problems)} tensor(s) of layer {info['layer']} disagree with the config "
+              f"(dim={info['dim']}, heads={info['heads']}, kv_heads={info['kv_heads']}, ffn_dim={info['ffn_dim']}); "
+              f"loading this layer will fail:", file=sys.stderr)
+        for pr in problems:
+            print(f"warning:   {pr['message']}", file=sys.stderr)
     if a.json:
         print(json.dumps(info, indent=2))
         return
     for k, v in info.items():
-        if k != "tensors":
+        if k not in ("tensors", "problems"):
             print(f"{k:>16}: {v}")
     print(f"tensors of layer {info['layer']}:")
     for t in info["tensors"]:
         print(f"  {t['name']:<48} {str(tuple(t['shape'])):<16} {t['dtype']}")
+    print(f"{'check':>16}: " + (f"{len(problems)} tensor(s) disagree with the config (see the warnings)"
+                                 if problems else "every tensor of this layer matches the config"))
 
 
 def _sources(argv: Sequence[str]) -> None:

@@ -87,6 +87,8 @@ class BlockConfig:
             s["attn.o.bias"] = (self.dim,)
         if self.mlp_bias:
             s.update({"ffn.up.bias": (self.ffn_dim,), "ffn.down.bias": (self.dim,)})
+            if self.gated:
+                s["ffn.gate.bias"] = (self.ffn_dim,)
         if self.norm == "layer":
             s.update({"attn_norm.bias": (self.dim,), "ffn_norm.bias": (self.dim,)})
         return s

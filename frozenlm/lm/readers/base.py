@@ -73,6 +73,10 @@ class Reader(ABC):
     def layer_keys(self, i: int) -> dict[str, str]:
         """Canonical name -> the file's own tensor name(s) for layer i (for messages/inspect)."""
 
+    def key_pattern(self, i: int, canon: str) -> str | None:
+        """The file's own name for canonical tensor `canon` of layer i, whether or not it is present."""
+        return None
+
     @abstractmethod
     def _read_layer(self, i: int) -> dict[str, Tensor]:
         """Canonical name -> tensor for layer i, in HF row layout."""
@@ -89,25 +93,61 @@ class Reader(ABC):
                 "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "norm_eps": c.norm_eps, "act": c.act,
                 "pre_norm": c.pre_norm, "params_per_block": c.params_per_block()}
 
-    def read_layer(self, i: int) -> dict[str, Tensor]:
-        """Tensors of layer i (canonical names), checked against the config's shapes."""
-        i = parse_layers(i, self.config.n_layers)[0]
-        tensors = self._read_layer(i)
+    def canonical_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        """Canonical name -> shape of layer i's tensors as they will be loaded, from file metadata only."""
+        canon = {f: c for c, f in self.layer_keys(i).items()}
+        return {canon[name]: shape for name, shape, _ in self.tensor_info(i)}
+
+    def shape_problems(self, i: int, shapes: dict[str, tuple[int, ...]] | None = None) -> list[dict[str, Any]]:
+        """Every way layer i's tensors (canonical name -> shape; default: read from the file's
+        metadata) disagree with the config: missing, unexpected (the config declares no such
+        tensor, e.g. a bias flag is off) or of another shape. Each entry names the file's tensor."""
+        shapes = self.canonical_shapes(i) if shapes is None else shapes
         expected = self.config.expected_shapes()
         keys = self.layer_keys(i)
-        missing = sorted(set(expected) - set(tensors))
-        if missing:
-            raise CheckpointError(f"{self.path}: layer {i} lacks tensors "
-                                  f"{[keys.get(m, m) for m in missing]} required by the "
-                                  f"{self.config.arch or self.config.family} architecture")
-        for name, shape in expected.items():
-            got = tuple(tensors[name].shape)
-            if got != shape:
-                raise CheckpointError(
-                    f"{self.path}: tensor {keys.get(name, name)!r} has shape {got}, but the config "
-                    f"(dim={self.config.dim}, heads={self.config.n_heads}, kv_heads={self.config.n_kv_heads}, "
-                    f"ffn_dim={self.config.ffn_dim}) implies {shape}; the config and weights disagree")
-        return {k: tensors[k] for k in expected}
+        out: list[dict[str, Any]] = []
+        for name in sorted(set(expected) | set(shapes)):
+            want, got = expected.get(name), shapes.get(name)
+            if want == got:
+                continue
+            kind = "missing" if got is None else "unexpected" if want is None else "shape"
+            tensor = file_name(keys, name, self.key_pattern(i, name))
+            msg = {"missing": f"{tensor!r} is missing (the config implies shape {want})",
+                   "unexpected": f"{tensor!r} {got} is in the file, but the config declares no such tensor "
+                                 f"(a bias or other option is off in the config)",
+                   "shape": f"{tensor!r} has shape {got}, but the config implies {want}"}[kind]
+            out.append({"tensor": tensor, "canonical": name, "problem": kind, "shape": got, "expected": want,
+                        "message": msg})
+        return out
+
+    def config_summary(self) -> str:
+        """The config values that decide the shapes, for messages."""
+        c = self.config
+        flags = ", ".join(f for f in ("qkv_bias", "out_bias", "mlp_bias") if getattr(c, f))
+        return (f"dim={c.dim}, heads={c.n_heads}, kv_heads={c.n_kv_heads}, head_dim={c.head_dim}, "
+                f"ffn_dim={c.ffn_dim}" + (f", {flags}" if flags else ""))
+
+    def read_layer(self, i: int) -> dict[str, Tensor]:
+        """Tensors of layer i (canonical names), checked against the config's names and shapes."""
+        i = parse_layers(i, self.config.n_layers)[0]
+        tensors = self._read_layer(i)
+        problems = self.shape_problems(i, {k: tuple(t.shape) for k, t in tensors.items()})
+        if problems:
+            raise CheckpointError(
+                f"{self.path}: layer {i} does not match the {self.config.arch or self.config.family} config "
+                f"({self.config_summary()}): " + "; ".join(p["message"] for p in problems)
+                + ". The config and weights disagree: fix the config file or use the weights it belongs to")
+        return tensors
+
+
+def file_name(keys: dict[str, str], canon: str, would_be: str | None = None) -> str:
+    """The file's name for a canonical tensor; q/k/v parts of a fused qkv tensor name the fused one."""
+    if canon in keys:
+        return keys[canon]
+    if would_be:
+        return would_be
+    fused = canon.replace("attn.q.", "attn.qkv.").replace("attn.k.", "attn.qkv.").replace("attn.v.", "attn.qkv.")
+    return f"{keys[fused]} ({canon.split('.')[1]} part)" if fused in keys else canon
 
 
 def check_layer_numbers(path: Path, found: set[int], n_layers: int, pattern: str, count_key: str) -> None:

@@ -74,6 +74,9 @@ class GGUFReader(Reader):
     def layer_keys(self, i: int) -> dict[str, str]:
         return {c: f"blk.{i}.{s}" for c, s in KEYS.items() if f"blk.{i}.{s}" in self.tensors}
 
+    def key_pattern(self, i: int, canon: str) -> str | None:
+        return f"blk.{i}.{KEYS[canon]}" if canon in KEYS else None
+
     def tensor_info(self, i: int) -> list[tuple[str, tuple[int, ...], str]]:
         out = []
         for name in self.layer_keys(i).values():

@@ -241,17 +241,29 @@ class HFReader(Reader):
     def tensor_info(self, i: int) -> list[tuple[str, tuple[int, ...], str]]:
         return [(k, *self.files.info(k)) for k in self.layer_keys(i).values()]
 
+    def key_pattern(self, i: int, canon: str) -> str | None:
+        if canon not in self.keymap and self.config.family == "gpt2" and canon.startswith("attn."):
+            canon = "attn.qkv." + canon.split(".")[-1]
+        return f"{self.prefix}{i}.{self.keymap[canon]}" if canon in self.keymap else None
+
     def _read_layer(self, i: int) -> dict[str, Tensor]:
-        out = {canon: self.files.get(key) for canon, key in self.layer_keys(i).items()}
+        out = self._to_canonical({canon: self.files.get(key) for canon, key in self.layer_keys(i).items()})
+        return {k: v.contiguous() for k, v in out.items()}
+
+    def canonical_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        # The same conversion as _read_layer, on shape-only tensors: no data is read.
+        shapes = {c: self.files.info(k)[0] for c, k in self.layer_keys(i).items()}
+        metas = self._to_canonical({c: torch.empty(s, device="meta") for c, s in shapes.items()})
+        return {c: tuple(t.shape) for c, t in metas.items()}
+
+    def _to_canonical(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """File tensors -> canonical layout (GPT-2: Conv1D (in, out) transposed, fused qkv split)."""
         if self.config.family == "gpt2":
-            # Conv1D stores (in, out); nn.Linear wants (out, in).
             for name in ("attn.qkv.weight", "attn.o.weight", "ffn.up.weight", "ffn.down.weight"):
                 if name in out:
                     out[name] = out[name].t()
-            if "attn.qkv.weight" in out:
-                for c, t in zip("qkv", out.pop("attn.qkv.weight").chunk(3, dim=0)):
-                    out[f"attn.{c}.weight"] = t
-            if "attn.qkv.bias" in out:
-                for c, t in zip("qkv", out.pop("attn.qkv.bias").chunk(3, dim=0)):
-                    out[f"attn.{c}.bias"] = t
-        return {k: v.contiguous() for k, v in out.items()}
+            for p in ("weight", "bias"):
+                if f"attn.qkv.{p}" in out:
+                    for c, t in zip("qkv", out.pop(f"attn.qkv.{p}").chunk(3, dim=0)):
+                        out[f"attn.{c}.{p}"] = t
+        return out

@@ -79,6 +79,9 @@ class MetaReader(Reader):
     def layer_keys(self, i: int) -> dict[str, str]:
         return {c: f"layers.{i}.{s}" for c, s in KEYS.items() if f"layers.{i}.{s}" in self.sds[0]}
 
+    def key_pattern(self, i: int, canon: str) -> str | None:
+        return f"layers.{i}.{KEYS[canon]}" if canon in KEYS else None
+
     def tensor_info(self, i: int) -> list[tuple[str, tuple[int, ...], str]]:
         out = []
         for canon, key in self.layer_keys(i).items():
