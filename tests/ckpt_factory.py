@@ -64,6 +64,24 @@ def qwen2_config(**kw):
     return _eager(Qwen2Config(**args))
 
 
+def mistral_config(**kw):
+    from transformers import MistralConfig
+    args = dict(hidden_size=DIM, intermediate_size=96, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                num_key_value_heads=KV_HEADS, rms_norm_eps=1e-5, vocab_size=97, max_position_embeddings=128,
+                sliding_window=4, tie_word_embeddings=False)
+    args.update(kw)
+    return _eager(MistralConfig(**args))
+
+
+def smollm3_config(**kw):
+    from transformers import SmolLM3Config
+    args = dict(hidden_size=DIM, intermediate_size=96, num_hidden_layers=4, num_attention_heads=HEADS,
+                num_key_value_heads=KV_HEADS, rms_norm_eps=1e-6, vocab_size=97, max_position_embeddings=128,
+                tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    args.update(kw)
+    return _eager(SmolLM3Config(**args))
+
+
 def opt_config(**kw):
     from transformers import OPTConfig
     args = dict(hidden_size=DIM, ffn_dim=128, num_hidden_layers=LAYERS, num_attention_heads=HEADS, vocab_size=97,
@@ -87,11 +105,12 @@ def bert_config(**kw):
     return _eager(BertConfig(**args))
 
 
-def make_model(kind: str, seed: int = 0, **kw) -> nn.Module:
-    """A randomised transformers base model: llama, qwen2, opt, opt-postln, gpt2 or bert."""
+def make_model(kind: str, seed: int = 0, std: float = 0.2, **kw) -> nn.Module:
+    """A randomised transformers base model: llama, qwen2, mistral, smollm3, opt, opt-postln, gpt2 or bert."""
     import transformers as T
     builders = {
         "llama": (T.LlamaModel, llama_config), "qwen2": (T.Qwen2Model, qwen2_config),
+        "mistral": (T.MistralModel, mistral_config), "smollm3": (T.SmolLM3Model, smollm3_config),
         "opt": (T.OPTModel, opt_config), "gpt2": (T.GPT2Model, gpt2_config), "bert": (T.BertModel, bert_config),
     }
     if kind == "opt-postln":
@@ -99,7 +118,7 @@ def make_model(kind: str, seed: int = 0, **kw) -> nn.Module:
         kind = "opt"
     cls, cfg = builders[kind]
     torch.manual_seed(seed)
-    return randomize_(cls(cfg(**kw)), seed=seed)
+    return randomize_(cls(cfg(**kw)), seed=seed, std=std)
 
 
 def reference_layers(model: nn.Module) -> nn.ModuleList:
@@ -313,6 +332,25 @@ def write_gguf(model: nn.Module, path: Path, arch: str = "llama", layer_order: l
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def llama_cpp_rope_factors(rope: dict, theta: float, head_dim: int) -> np.ndarray:
+    """The rope_freqs tensor llama.cpp's convert_hf_to_gguf.py writes for llama3 scaling: one
+    factor per frequency, by which llama.cpp divides it (written from that script's loop)."""
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old / low, old / high
+    out = []
+    for freq in 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)):
+        wavelen = 2 * np.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
 
 
 # ---------------------------------------------------------------- expected tensors

@@ -91,7 +91,25 @@ class Reader(ABC):
         return {"path": str(self.path), "format": self.format, "arch": c.arch, "family": c.family,
                 "layers": c.n_layers, "dim": c.dim, "heads": c.n_heads, "kv_heads": c.n_kv_heads,
                 "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "norm_eps": c.norm_eps, "act": c.act,
-                "pre_norm": c.pre_norm, "params_per_block": c.params_per_block()}
+                "pre_norm": c.pre_norm, "params_per_block": c.params_per_block(),
+                **self._positions_summary()}
+
+    def _positions_summary(self) -> dict[str, Any]:
+        """What rope='1d' / mask='causal' will reproduce of the source (only the facts that apply)."""
+        c = self.config
+        out: dict[str, Any] = {}
+        if c.family == "llama":
+            out["rope_theta"] = c.rope_theta
+            out["rope_scaling"] = (c.rope_scaling or {}).get("rope_type", "none")
+        windows = {w for w in (c.layer_windows or []) if w is not None}
+        if windows:
+            out["sliding_window"] = {w: [i for i in range(c.n_layers) if c.layer_window(i) == w] for w in windows}
+        nope = [i for i in range(c.n_layers) if not c.layer_has_rope(i)]
+        if nope:
+            out["no_rope_layers"] = nope
+        if c.unsupported:
+            out["not_reproduced"] = dict(c.unsupported)
+        return out
 
     def canonical_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
         """Canonical name -> shape of layer i's tensors as they will be loaded, from file metadata only."""

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..config import BlockConfig
 from .base import CheckpointError, Reader, check_exists, check_layer_numbers, read_json, safe_torch_load
+from .hf_positions import layer_facts, rope_facts
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "smollm3")
 SUPPORTED = LLAMA_LIKE + ("opt", "gpt2", "bert")
@@ -71,14 +72,17 @@ def config_from_hf(c: dict[str, Any], path: Path) -> BlockConfig:
         raise CheckpointError(f"{path}: unknown architecture model_type={mt!r}; supported: {list(SUPPORTED)}")
     try:
         if mt in LLAMA_LIKE:
-            rope = c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta", 10000.0)
             bias = bool(c.get("attention_bias", False)) or mt == "qwen2"
+            rope, layers = rope_facts(c, mt), layer_facts(c, mt, c["num_hidden_layers"])
             return BlockConfig(family="llama", arch=mt, dim=c["hidden_size"], n_heads=c["num_attention_heads"],
                                n_kv_heads=c.get("num_key_value_heads"), head_dim=c.get("head_dim"),
                                ffn_dim=c["intermediate_size"], n_layers=c["num_hidden_layers"],
                                norm_eps=c.get("rms_norm_eps", 1e-6), act=_act(c.get("hidden_act", "silu"), path),
                                qkv_bias=bias, out_bias=bool(c.get("attention_bias", False)) and mt != "qwen2",
-                               mlp_bias=bool(c.get("mlp_bias", False)), rope_theta=float(rope))
+                               mlp_bias=bool(c.get("mlp_bias", False)), rope_theta=rope["rope_theta"],
+                               rope_scaling=rope.get("rope_scaling"), rope_key=rope["rope_key"],
+                               layer_windows=layers["layer_windows"], layer_rope=layers["layer_rope"],
+                               unsupported={**rope["unsupported"], **layers["unsupported"]})
         if mt == "opt":
             # OPT-350M (do_layer_norm_before=False) is post-LN; its blocks are still hidden_size wide.
             bias = c.get("enable_bias", True)

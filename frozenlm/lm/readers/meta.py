@@ -36,6 +36,23 @@ def _ordered_shards(path: Path) -> list[Path]:
     return [ranks[r] for r in range(len(ranks))]
 
 
+def meta_rope(p: dict) -> dict:
+    """RoPE scaling from params.json: `use_scaled_rope` (Llama 3.1+) is the llama3 scaling of Meta's
+    reference model.py (factor 8, low/high frequency factors 1/4, original context 8192), unless
+    params.json gives `rope_scaling_factor` / `rope_high_freq_factor`; a `rope_scaling` dict uses
+    transformers' names (`rope_type` or `type`, `factor`, ...)."""
+    if p.get("rope_scaling"):
+        sc = dict(p["rope_scaling"])
+        sc["rope_type"] = sc.pop("rope_type", sc.pop("type", "default"))
+        return {"rope_scaling": None if sc["rope_type"] == "default" else sc, "rope_key": "params.json rope_scaling"}
+    if p.get("use_scaled_rope"):
+        return {"rope_scaling": {"rope_type": "llama3", "factor": float(p.get("rope_scaling_factor") or 8.0),
+                                 "low_freq_factor": 1.0, "high_freq_factor": float(p.get("rope_high_freq_factor") or 4.0),
+                                 "original_max_position_embeddings": 8192},
+                "rope_key": "params.json use_scaled_rope"}
+    return {}
+
+
 def llama_ffn_dim(dim: int, multiple_of: int, multiplier: float | None) -> int:
     """The SwiGLU hidden size Meta's model.py derives from params.json."""
     hidden = int(2 * (4 * dim) / 3)
@@ -62,7 +79,7 @@ class MetaReader(Reader):
         self.config = BlockConfig(family="llama", arch="llama", dim=dim, n_heads=heads,
                                   n_kv_heads=p.get("n_kv_heads") or heads, ffn_dim=ffn, n_layers=n_layers,
                                   norm_eps=float(p.get("norm_eps", 1e-6)),
-                                  rope_theta=float(p.get("rope_theta", 10000.0)))
+                                  rope_theta=float(p.get("rope_theta", 10000.0)), **meta_rope(p))
         self.format = f"meta-consolidated ({len(self.shards)} shard{'s' if len(self.shards) > 1 else ''})"
 
     @property
