@@ -212,14 +212,25 @@ def test_smollm3_explicit_no_rope_layers(tmp_path):
 
 # ------------------------------------------------------------------ Meta params.json
 
-def test_meta_use_scaled_rope(tmp_path):
-    """params.json use_scaled_rope (Llama 3.1) = transformers' llama3 scaling, factor 8, 1, 4, 8192."""
-    params = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+@pytest.mark.parametrize("factor", [8.0, 32.0])
+def test_meta_use_scaled_rope(tmp_path, factor):
+    """params.json use_scaled_rope + rope_scaling_factor = transformers' llama3 scaling (1, 4, 8192)."""
+    params = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
     model = F.make_model("llama", seed=11, std=STD, max_position_embeddings=16384, rope_parameters=params)
-    path = F.write_meta(model, tmp_path / "meta31", rope_theta=500000.0, use_scaled_rope=True)
+    path = F.write_meta(model, tmp_path / "meta31", rope_theta=500000.0, use_scaled_rope=True,
+                        rope_scaling_factor=factor)
     assert_layers_match(path, model, (0, F.LAYERS - 1), n=200)
     assert frozenlm.source_config(str(path)).rope_key == "params.json use_scaled_rope"
+
+
+def test_meta_use_scaled_rope_without_factor_refused(tmp_path, llama_ckpts):
+    """Llama 3.1 and 3.2 params.json files both say only use_scaled_rope=true, yet their factors
+    differ (8 / 32): rope='1d' asks for the factor instead of guessing."""
+    path = F.write_meta(llama_ckpts["model"], tmp_path / "meta3x", rope_theta=500000.0, use_scaled_rope=True)
+    with pytest.raises(ValueError, match=r"use_scaled_rope=true but no rope_scaling_factor.*8 or 32"):
+        frozenlm.load_blocks(str(path), [0], rope="1d")
+    frozenlm.load_blocks(str(path), [0], mask="causal")  # no RoPE: nothing to reproduce
 
 
 def test_meta_rope_scaling_dict(tmp_path):

@@ -37,20 +37,29 @@ def _ordered_shards(path: Path) -> list[Path]:
 
 
 def meta_rope(p: dict) -> dict:
-    """RoPE scaling from params.json: `use_scaled_rope` (Llama 3.1+) is the llama3 scaling of Meta's
-    reference model.py (factor 8, low/high frequency factors 1/4, original context 8192), unless
-    params.json gives `rope_scaling_factor` / `rope_high_freq_factor`; a `rope_scaling` dict uses
-    transformers' names (`rope_type` or `type`, `factor`, ...)."""
+    """RoPE scaling from params.json, as BlockConfig fields.
+
+    `use_scaled_rope` is the llama3 scaling of Meta's reference model.py (low/high frequency factors
+    1 and 4, original context 8192), but params.json does not say its factor: Meta's code uses 8
+    (Llama 3.1) while transformers' converter uses 32 for Llama 3.2, whose params.json reads the
+    same. So the factor must be stated (`rope_scaling_factor`, as Llama 4's params do), or rope='1d'
+    is refused. A `rope_scaling` dict uses transformers' names (`rope_type` or `type`, `factor`, ...).
+    """
     if p.get("rope_scaling"):
         sc = dict(p["rope_scaling"])
         sc["rope_type"] = sc.pop("rope_type", sc.pop("type", "default"))
         return {"rope_scaling": None if sc["rope_type"] == "default" else sc, "rope_key": "params.json rope_scaling"}
-    if p.get("use_scaled_rope"):
-        return {"rope_scaling": {"rope_type": "llama3", "factor": float(p.get("rope_scaling_factor") or 8.0),
-                                 "low_freq_factor": 1.0, "high_freq_factor": float(p.get("rope_high_freq_factor") or 4.0),
-                                 "original_max_position_embeddings": 8192},
-                "rope_key": "params.json use_scaled_rope"}
-    return {}
+    if not p.get("use_scaled_rope"):
+        return {}
+    if p.get("rope_scaling_factor") is None:
+        return {"rope_key": "params.json use_scaled_rope", "unsupported": {"rope": (
+            "params.json has use_scaled_rope=true but no rope_scaling_factor; Meta's reference code uses 8 "
+            "(Llama 3.1), transformers' converter 32 for Llama 3.2: add \"rope_scaling_factor\": 8 or 32 "
+            "to params.json")}}
+    sc = {"rope_type": "llama3", "factor": float(p["rope_scaling_factor"]), "low_freq_factor": 1.0,
+          "high_freq_factor": float(p.get("rope_high_freq_factor") or 4.0),
+          "original_max_position_embeddings": 8192}
+    return {"rope_scaling": sc, "rope_key": "params.json use_scaled_rope"}
 
 
 def llama_ffn_dim(dim: int, multiple_of: int, multiplier: float | None) -> int:
