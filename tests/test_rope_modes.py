@@ -148,6 +148,10 @@ def test_mistral_sliding_window(tmp_path):
     assert_layers_match(path, model, range(F.LAYERS))
     stack = frozenlm.load_blocks(str(path), "0:", mask="causal", rope="1d")
     assert [b.window for b in stack.layers] == [4, 4, 4]
+    # a config.json without the key gets MistralConfig's default window, as in transformers
+    write_config(path, sliding_window=None)
+    assert reference_from_files(path).config.sliding_window == 4096
+    assert frozenlm.source_config(str(path)).layer_windows == [4096] * F.LAYERS
 
 
 def test_mistral_layer_with_explicit_window_mask(tmp_path):
