@@ -20,7 +20,7 @@ def _inspect(argv: Sequence[str]) -> None:
     info = describe_source(a.source, int(a.layer))
     problems = info.get("problems", [])
     if problems:
-        # On stderr too in --json mode, so a script reading stdout still sees that the file is broken.
+        # stderr in both modes: --json stdout stays parseable, and a script still sees the file is broken.
         print(f"warning: {len(problems)} tensor(s) of layer {info['layer']} disagree with the config "
               f"(dim={info['dim']}, heads={info['heads']}, kv_heads={info['kv_heads']}, ffn_dim={info['ffn_dim']}); "
               f"loading this layer will fail:", file=sys.stderr)
