@@ -195,17 +195,25 @@ def main_inspect(argv: Sequence[str]) -> dict[str, Any]:
     from .lm import describe_source
     _, a = parse(["inspect", *argv])
     info = describe_source(a.source, int(a.layer))
+    problems = info.get("problems", [])
+    if problems:
+        # stderr in both modes: --json stdout stays parseable, and a script still sees the file is broken.
+        print(f"warning: {len(problems)} tensor(s) of layer {info['layer']} disagree with the config "
+              f"(dim={info['dim']}, heads={info['heads']}, kv_heads={info['kv_heads']}, ffn_dim={info['ffn_dim']}); "
+              f"loading this layer will fail:", file=sys.stderr)
+        for pr in problems:
+            print(f"warning:   {pr['message']}", file=sys.stderr)
     if a.json:
         print(json.dumps(info, indent=2))
         return info
     for k, v in info.items():
-        if k not in ("tensors", "warnings"):
+        if k not in ("tensors", "problems"):
             print(f"{k:>16}: {v}")
     print(f"tensors of layer {info['layer']}:")
     for t in info["tensors"]:
         print(f"  {t['name']:<48} {str(tuple(t['shape'])):<16} {t['dtype']}")
-    for w in info.get("warnings", []):
-        print(f"warning: {w}")
+    print(f"{'check':>16}: " + (f"{len(problems)} tensor(s) disagree with the config (see the warnings)"
+                                 if problems else "every tensor of this layer matches the config"))
     return info
 
 

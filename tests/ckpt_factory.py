@@ -10,6 +10,7 @@ frozenlm reads against the reference's own tensors:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,24 @@ def qwen2_config(**kw):
     return _eager(Qwen2Config(**args))
 
 
+def mistral_config(**kw):
+    from transformers import MistralConfig
+    args = dict(hidden_size=DIM, intermediate_size=96, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                num_key_value_heads=KV_HEADS, rms_norm_eps=1e-5, vocab_size=97, max_position_embeddings=128,
+                sliding_window=4, tie_word_embeddings=False)
+    args.update(kw)
+    return _eager(MistralConfig(**args))
+
+
+def smollm3_config(**kw):
+    from transformers import SmolLM3Config
+    args = dict(hidden_size=DIM, intermediate_size=96, num_hidden_layers=4, num_attention_heads=HEADS,
+                num_key_value_heads=KV_HEADS, rms_norm_eps=1e-6, vocab_size=97, max_position_embeddings=128,
+                tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    args.update(kw)
+    return _eager(SmolLM3Config(**args))
+
+
 def opt_config(**kw):
     from transformers import OPTConfig
     args = dict(hidden_size=DIM, ffn_dim=128, num_hidden_layers=LAYERS, num_attention_heads=HEADS, vocab_size=97,
@@ -86,11 +105,12 @@ def bert_config(**kw):
     return _eager(BertConfig(**args))
 
 
-def make_model(kind: str, seed: int = 0, **kw) -> nn.Module:
-    """A randomised transformers base model: llama, qwen2, opt, opt-postln, gpt2 or bert."""
+def make_model(kind: str, seed: int = 0, std: float = 0.2, **kw) -> nn.Module:
+    """A randomised transformers base model: llama, qwen2, mistral, smollm3, opt, opt-postln, gpt2 or bert."""
     import transformers as T
     builders = {
         "llama": (T.LlamaModel, llama_config), "qwen2": (T.Qwen2Model, qwen2_config),
+        "mistral": (T.MistralModel, mistral_config), "smollm3": (T.SmolLM3Model, smollm3_config),
         "opt": (T.OPTModel, opt_config), "gpt2": (T.GPT2Model, gpt2_config), "bert": (T.BertModel, bert_config),
     }
     if kind == "opt-postln":
@@ -98,7 +118,7 @@ def make_model(kind: str, seed: int = 0, **kw) -> nn.Module:
         kind = "opt"
     cls, cfg = builders[kind]
     torch.manual_seed(seed)
-    return randomize_(cls(cfg(**kw)), seed=seed)
+    return randomize_(cls(cfg(**kw)), seed=seed, std=std)
 
 
 def reference_layers(model: nn.Module) -> nn.ModuleList:
@@ -120,15 +140,61 @@ def save_hf(model: nn.Module, path: Path, **kw) -> Path:
     return path
 
 
-def save_hf_bin(model: nn.Module, path: Path) -> Path:
+def save_hf_bin(model: nn.Module, path: Path, layer_order: list[int] | None = None) -> Path:
     """The legacy Hugging Face layout: config.json + pytorch_model.bin (a torch.save'd state dict).
 
     transformers 5 writes safetensors even with safe_serialization=False, so the .bin is written
     the way transformers 4 (and every older Hub checkpoint) did: torch.save(state_dict).
+    `layer_order` lists the layers in the order their keys are written (default: 0, 1, ...).
     """
     path.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(str(path))
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path / "pytorch_model.bin")
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    torch.save({k: sd[k] for k in in_layer_order(sd, layer_order)}, path / "pytorch_model.bin")
+    return path
+
+
+def save_hf_bin_sharded(model: nn.Module, path: Path, n_shards: int = 3,
+                        layer_order: list[int] | None = None) -> Path:
+    """Sharded legacy layout: pytorch_model-0000k-of-0000n.bin files + pytorch_model.bin.index.json,
+    the index's weight_map (and each shard's keys) listed in `layer_order`."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(str(path))
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    keys = in_layer_order(sd, layer_order)
+    names = [f"pytorch_model-{j + 1:05d}-of-{n_shards:05d}.bin" for j in range(n_shards)]
+    weight_map = {k: names[j * n_shards // len(keys)] for j, k in enumerate(keys)}
+    for name in names:
+        torch.save({k: sd[k] for k in keys if weight_map[k] == name}, path / name)
+    (path / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return path
+
+
+_LAYER_NO = re.compile(r"(?:^|\.)(\d+)\.")
+
+
+def layer_of(key: str) -> int | None:
+    """The layer number in a state-dict key ('model.layers.10.mlp...' -> 10), or None."""
+    m = _LAYER_NO.search(key)
+    return int(m.group(1)) if m else None
+
+
+def in_layer_order(keys, layer_order: list[int] | None) -> list[str]:
+    """`keys` with every layer's keys grouped in `layer_order` (other keys first, in their order)."""
+    keys = list(keys)
+    if layer_order is None:
+        return keys
+    rank = {n: i for i, n in enumerate(layer_order)}
+    return sorted(keys, key=lambda k: -1 if layer_of(k) is None else rank[layer_of(k)])
+
+
+def reorder_index(path: Path, layer_order: list[int]) -> Path:
+    """Rewrite an HF shard index so its weight_map lists the layers in `layer_order`."""
+    idx = next(path.glob("*.index.json"))
+    data = json.loads(idx.read_text())
+    wm = data["weight_map"]
+    data["weight_map"] = {k: wm[k] for k in in_layer_order(wm, layer_order)}
+    idx.write_text(json.dumps(data))
     return path
 
 
@@ -194,16 +260,19 @@ def shard_meta(sd: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tens
     return shards
 
 
-def write_meta(model: nn.Module, path: Path, n_shards: int = 1) -> Path:
-    """params.json + consolidated.NN.pth from a transformers LlamaModel (weights exactly the HF ones)."""
+def write_meta(model: nn.Module, path: Path, n_shards: int = 1, layer_order: list[int] | None = None,
+               **params_extra) -> Path:
+    """params.json + consolidated.NN.pth from a transformers LlamaModel (weights exactly the HF ones).
+
+    `layer_order`: order of the layers' keys inside each shard; `params_extra`: more params.json keys."""
     cfg = model.config
     path.mkdir(parents=True, exist_ok=True)
     params = {"dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads,
               "n_kv_heads": cfg.num_key_value_heads, "multiple_of": MULTIPLE_OF, "norm_eps": cfg.rms_norm_eps,
-              "vocab_size": -1}
+              "vocab_size": -1, **params_extra}
     (path / "params.json").write_text(json.dumps(params))
     for j, shard in enumerate(shard_meta(meta_state_dict(model), n_shards)):
-        torch.save(shard, path / f"consolidated.{j:02d}.pth")
+        torch.save({k: shard[k] for k in in_layer_order(shard, layer_order)}, path / f"consolidated.{j:02d}.pth")
     return path
 
 
@@ -220,8 +289,12 @@ GGUF_NAMES = {
 }
 
 
-def write_gguf(model: nn.Module, path: Path, arch: str = "llama") -> Path:
-    """A GGUF file (F32 tensors) from a transformers LlamaModel / Qwen2Model, as llama.cpp converts it."""
+def write_gguf(model: nn.Module, path: Path, arch: str = "llama", layer_order: list[int] | None = None,
+               extra=None) -> Path:
+    """A GGUF file (F32 tensors) from a transformers LlamaModel / Qwen2Model, as llama.cpp converts it.
+
+    `layer_order`: order in which the layers' tensors are written; `extra(writer)` adds more
+    metadata or tensors (e.g. RoPE scaling keys) before the layers."""
     import gguf
     cfg = model.config
     sd = model.state_dict()
@@ -233,22 +306,24 @@ def write_gguf(model: nn.Module, path: Path, arch: str = "llama") -> Path:
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
 
     def add(name: str, t: torch.Tensor) -> None:
         w.add_tensor(name, np.ascontiguousarray(t.detach().float().numpy()))
 
     add("token_embd.weight", sd["embed_tokens.weight"])
-    for i in range(cfg.num_hidden_layers):
+    if extra is not None:
+        extra(w)
+    for i in (range(cfg.num_hidden_layers) if layer_order is None else layer_order):
         for hf, gg in GGUF_NAMES.items():
             key = f"layers.{i}.{hf}"
             if key not in sd:
                 continue
             t = sd[key]
-            if arch == "llama" and hf == "self_attn.q_proj.weight":
+            if arch in ("llama", "mistral") and hf == "self_attn.q_proj.weight":
                 t = to_interleaved(t, cfg.num_attention_heads)
-            elif arch == "llama" and hf == "self_attn.k_proj.weight":
+            elif arch in ("llama", "mistral") and hf == "self_attn.k_proj.weight":
                 t = to_interleaved(t, cfg.num_key_value_heads)
             add(f"blk.{i}.{gg}", t)
     add("output_norm.weight", sd["norm.weight"])
@@ -257,6 +332,25 @@ def write_gguf(model: nn.Module, path: Path, arch: str = "llama") -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def llama_cpp_rope_factors(rope: dict, theta: float, head_dim: int) -> np.ndarray:
+    """The rope_freqs tensor llama.cpp's convert_hf_to_gguf.py writes for llama3 scaling: one
+    factor per frequency, by which llama.cpp divides it (written from that script's loop)."""
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old / low, old / high
+    out = []
+    for freq in 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)):
+        wavelen = 2 * np.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
 
 
 # ---------------------------------------------------------------- expected tensors

@@ -210,3 +210,23 @@ def test_bf16_block_close_to_fp32(hf_models):
     assert b.dtype == torch.bfloat16
     rel = (a - b.float()).norm() / a.norm()
     assert rel < 2e-2
+
+
+@pytest.mark.parametrize("mask", ["none", "causal"])
+def test_llama_mlp_bias_parity(tmp_path, mask):
+    """LLaMA-family checkpoints with mlp_bias=True carry gate/up/down biases; all three are loaded."""
+    model = F.make_model("llama", seed=21, mlp_bias=True)
+    path = F.save_hf(model, tmp_path / "mlp_bias")
+    assert frozenlm.source_config(str(path)).mlp_bias
+    x = torch.randn(B, N, F.DIM)
+    for k in (0, -1):
+        ours = frozenlm.load_blocks(str(path), [k], mask=mask)
+        sd = ours.layers[0].state_dict()
+        ref = F.reference_layers(model)[k].mlp
+        for ours_name, ref_lin in (("ffn.gate.bias", ref.gate_proj), ("ffn.up.bias", ref.up_proj),
+                                   ("ffn.down.bias", ref.down_proj)):
+            assert torch.equal(sd[ours_name], ref_lin.bias), ours_name
+        with torch.no_grad():
+            got = ours(x)
+        want = run_reference("llama", F.reference_layers(model)[k], x, reference_mask(mask, B, N))
+        assert (got - want).abs().max().item() < TOL

@@ -194,6 +194,79 @@ def test_describe_source(llama_ckpts):
         assert all(f".{F.LAYERS - 1}." in t["name"] for t in info["tensors"])
 
 
+def test_describe_source_no_problems_for_every_family(hf_models, llama_ckpts):
+    """Well-formed checkpoints of every family and format: no problem reported (GPT-2's fused,
+    transposed Conv1D tensors are compared after the same conversion loading applies)."""
+    for kind, (_, path) in hf_models.items():
+        assert describe_source(str(path), layer=0)["problems"] == [], kind
+    for fmt in FORMATS:
+        assert describe_source(str(llama_ckpts[fmt]), layer=1)["problems"] == [], fmt
+
+
+def _with_config(src: Path, dst: Path, **changes) -> Path:
+    d = _copy(src, dst)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_describe_source_lists_every_tensor_that_disagrees(llama_ckpts, tmp_path):
+    """config.json's hidden_size (48) disagrees with the tensors (64 wide): each is listed."""
+    d = _with_config(llama_ckpts["hf"], tmp_path / "narrow", hidden_size=48, head_dim=16)
+    info = describe_source(str(d), layer=-1)
+    bad = {p["tensor"]: p for p in info["problems"]}
+    last = F.LAYERS - 1
+    # every tensor of the layer has a 64-wide dim where the config says 48
+    assert set(bad) == {f"layers.{last}.{n}" for n in F.HF_LLAMA_TO_CANON if "bias" not in n}
+    q = bad[f"layers.{last}.self_attn.q_proj.weight"]
+    assert q["problem"] == "shape" and q["shape"] == [F.DIM, F.DIM] and q["expected"] == [F.DIM, 48]
+    assert bad[f"layers.{last}.input_layernorm.weight"]["expected"] == [48]
+
+
+def test_inspect_warns_about_config_tensor_disagreement(llama_ckpts, tmp_path, capsys):
+    from frozenlm.cli import main
+    d = _with_config(llama_ckpts["hf"], tmp_path / "ffn", intermediate_size=F.LLAMA_FFN + 32)
+    main(["inspect", str(d), "--layer", "1"])
+    out, err = capsys.readouterr()
+    assert "warning: 3 tensor(s) of layer 1 disagree with the config" in err
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        want = (F.LLAMA_FFN + 32, F.DIM) if name != "down_proj" else (F.DIM, F.LLAMA_FFN + 32)
+        assert f"'layers.1.mlp.{name}.weight' has shape" in err and str(want) in err, name
+    assert "self_attn" not in err  # only the disagreeing tensors are listed
+    assert "3 tensor(s) disagree with the config" in out
+    # --json carries the same list
+    main(["inspect", str(d), "--layer", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)["problems"]) == 3 and "warning" in err
+    # a matching checkpoint: no warning at all
+    main(["inspect", str(llama_ckpts["hf"]), "--layer", "1"])
+    out, err = capsys.readouterr()
+    assert err == "" and "every tensor of this layer matches the config" in out
+
+
+def test_mlp_bias_config_flag_and_file_disagree(hf_models, tmp_path, capsys):
+    """Biases in the file that the config does not declare are reported and refused, never dropped;
+    a declared bias the file lacks is reported as missing."""
+    from frozenlm.cli import main
+    model = F.make_model("llama", seed=22, mlp_bias=True)
+    src = F.save_hf(model, tmp_path / "with_bias")
+    off = _with_config(src, tmp_path / "flag_off", mlp_bias=False)
+    problems = describe_source(str(off), layer=0)["problems"]
+    assert {(p["tensor"], p["problem"]) for p in problems} == {
+        (f"layers.0.mlp.{n}_proj.bias", "unexpected") for n in ("gate", "up", "down")}
+    main(["inspect", str(off), "--layer", "0"])
+    assert f"'layers.0.mlp.gate_proj.bias' ({F.LLAMA_FFN},) is in the file" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match=r"layers\.0\.mlp\.gate_proj\.bias.*config declares no such tensor"):
+        frozenlm.load_blocks(str(off), [0])
+    on = _with_config(hf_models["llama"][1], tmp_path / "flag_on", mlp_bias=True)
+    problems = describe_source(str(on), layer=0)["problems"]
+    assert {(p["tensor"], p["problem"]) for p in problems} == {
+        (f"layers.0.mlp.{n}_proj.bias", "missing") for n in ("gate", "up", "down")}
+    with pytest.raises(CheckpointError, match="missing"):
+        frozenlm.load_blocks(str(on), [0])
+
+
 def test_freeze_and_dtype(llama_ckpts):
     s = frozenlm.load_blocks(str(llama_ckpts["hf"]), [0], dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in s.parameters())

@@ -82,14 +82,6 @@ class RMSNorm(nn.Module):
         return y * self.weight.to(dtype) if self.weight is not None else y
 
 
-def rope_cos_sin(n: int, head_dim: int, theta: float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """HF-layout rotary tables (n, head_dim) for positions 0..n-1."""
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    freqs = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
-
-
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate (B, H, N, hd) by the HF `rotate_half` convention."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -196,10 +188,14 @@ class Block(nn.Module):
     pre-norm:  h = x + Attn(attn_norm(x));  out = h + FFN(ffn_norm(h))
     post-norm: h = attn_norm(x + Attn(x));  out = ffn_norm(h + FFN(h))
     `attn_half` is an identity whose forward hooks see h (used by the analysis tools).
+    `window` / `use_rope` record what the source layer does under the stack's causal / RoPE modes
+    (set by BlockStack; the stack builds the matching mask and passes RoPE only where used).
     """
 
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
+        self.window: int | None = None
+        self.use_rope = False
         self.pre_norm = cfg.pre_norm
         self.attn_norm = make_norm(cfg)
         self.attn = Attention(cfg)

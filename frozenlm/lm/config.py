@@ -34,6 +34,12 @@ class BlockConfig:
     rope_theta: float = 10000.0
     arch: str = ""  # the source's own name (e.g. "qwen2", "mistral"), informational
     extra: dict[str, Any] = field(default_factory=dict)
+    # What the source LM does with positions, so rope="1d" / mask="causal" reproduce it (lm/rope.py):
+    rope_scaling: dict[str, Any] | None = None  # rope_type + parameters, transformers' names; None = plain
+    rope_key: str = ""  # the source key rope_scaling came from (named in refusals)
+    layer_windows: list[int | None] | None = None  # per source layer: causal sliding window, None = full
+    layer_rope: list[bool] | None = None  # per source layer: False = the layer applies no RoPE (NoPE)
+    unsupported: dict[str, str] = field(default_factory=dict)  # "rope"/"causal" -> why it cannot be reproduced
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -46,6 +52,18 @@ class BlockConfig:
             self.head_dim = self.dim // self.n_heads
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        for name in ("layer_windows", "layer_rope"):
+            v = getattr(self, name)
+            if v is not None and len(v) != self.n_layers:
+                raise ValueError(f"{name} has {len(v)} entries for {self.n_layers} layers")
+
+    def layer_window(self, i: int) -> int | None:
+        """Sliding-window size of source layer i under its causal mask (None: full causal)."""
+        return self.layer_windows[i] if self.layer_windows else None
+
+    def layer_has_rope(self, i: int) -> bool:
+        """Whether source layer i rotates q/k at all (SmolLM3's NoPE layers do not)."""
+        return self.layer_rope[i] if self.layer_rope else True
 
     @property
     def norm(self) -> str:
@@ -87,6 +105,8 @@ class BlockConfig:
             s["attn.o.bias"] = (self.dim,)
         if self.mlp_bias:
             s.update({"ffn.up.bias": (self.ffn_dim,), "ffn.down.bias": (self.dim,)})
+            if self.gated:
+                s["ffn.gate.bias"] = (self.ffn_dim,)
         if self.norm == "layer":
             s.update({"attn_norm.bias": (self.dim,), "ffn_norm.bias": (self.dim,)})
         return s

@@ -79,11 +79,17 @@ def tensor_digest(module: nn.Module) -> str:
 
 
 def describe_source(source: str | Path, layer: int | None = -1) -> dict[str, Any]:
-    """Architecture summary of a source plus the tensors of one layer (read lazily) for `inspect`."""
+    """Architecture summary of a source plus the tensors of one layer (read lazily) for `inspect`.
+
+    `problems` lists every tensor of that layer that disagrees with the config (missing,
+    unexpected, or another shape than the config's dims imply): loading that layer would fail.
+    """
     reader = open_source(split_source_spec(str(source))[0])
     info = reader.describe()
     if layer is not None:
         i = parse_layers(layer, reader.config.n_layers)[0]
         info["layer"] = i
         info["tensors"] = [{"name": n, "shape": list(s), "dtype": d} for n, s, d in reader.tensor_info(i)]
+        info["problems"] = [{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}
+                            for p in reader.shape_problems(i)]
     return info

@@ -6,26 +6,31 @@ from torch import Tensor, nn
 
 from torch.utils.checkpoint import checkpoint
 
-from .block import ATTN_IMPLS, Block, rope_cos_sin
+from .block import ATTN_IMPLS, Block
 from .config import BlockConfig
+from .rope import check_rope, cos_sin
 
 MASKS = ("none", "causal")
 ROPES = ("none", "1d")
 
 
 def build_attention_mask(n: int, causal: bool, padding_mask: Tensor | None,
-                         device: torch.device) -> Tensor | None:
+                         device: torch.device, window: int | None = None) -> Tensor | None:
     """Boolean (B|1, 1, N, N) mask, True = may attend, or None when everything may attend.
 
     `padding_mask` is (B, N) bool with True marking PADDED tokens (the nn.MultiheadAttention
     key_padding_mask convention). Every token may always attend to itself so that no row is
     fully masked (a padded query would otherwise produce NaN); valid tokens never see pads.
+    `window` (causal only): query q sees keys k with q - window < k <= q, as transformers'
+    sliding-window causal mask does.
     """
     if not causal and padding_mask is None:
         return None
     allow = torch.ones(1, 1, n, n, dtype=torch.bool, device=device)
     if causal:
         allow = allow.tril()
+        if window is not None:
+            allow = allow.triu(1 - window)
     if padding_mask is not None:
         allow = allow & ~padding_mask[:, None, None, :].to(device)
     return allow | torch.eye(n, dtype=torch.bool, device=device)
@@ -34,6 +39,9 @@ def build_attention_mask(n: int, causal: bool, padding_mask: Tensor | None,
 class BlockStack(nn.Module):
     """Consecutive blocks of one language model: bidirectional and without RoPE by default.
 
+    rope="1d" and mask="causal" reproduce the source LM exactly, per layer: its RoPE scaling, its
+    NoPE layers, its sliding windows (lm/rope.py); what cannot be reproduced is refused with the
+    source key named. mask="none" (the paper's mode) never applies a window.
     `layer_indices` records which layers of the source these are (for checkpoints/inspection).
     `attn`: "sdpa" (fused attention) or "math" (eager reference). `grad_checkpointing`: recompute
     each block in backward instead of keeping its activations (4096- and 11008-wide for LLaMA-7B).
@@ -49,9 +57,16 @@ class BlockStack(nn.Module):
             raise ValueError(f"rope must be one of {ROPES}, got {rope!r}")
         if rope != "none" and cfg.family != "llama":
             raise ValueError(f"rope={rope!r} is only defined for the LLaMA family, not {cfg.family!r}")
+        if rope == "1d":
+            check_rope(cfg)
+        if mask == "causal" and cfg.unsupported.get("causal"):
+            raise ValueError(f"mask='causal': {cfg.unsupported['causal']}; use mask='none' (the paper's mode)")
         self.cfg, self.mask, self.rope = cfg, mask, rope
         self.layer_indices = list(layer_indices) if layer_indices is not None else list(range(n_blocks))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(n_blocks))
+        for blk, i in zip(self.layers, self.layer_indices):
+            blk.window = cfg.layer_window(i) if mask == "causal" else None
+            blk.use_rope = rope == "1d" and cfg.layer_has_rope(i)
         self.grad_checkpointing = grad_checkpointing
         self.set_attn_impl(attn)
 
@@ -75,18 +90,27 @@ class BlockStack(nn.Module):
                              f"{tuple(x.shape[:2])} (expected (batch, tokens), True = padded)")
         n = x.shape[1]
         causal = self.mask == "causal"
-        mask = build_attention_mask(n, causal, padding_mask, x.device)
-        rope = rope_cos_sin(n, self.cfg.head_dim, self.cfg.rope_theta, x.device) if self.rope == "1d" else None
+        masks: dict[int | None, Tensor | None] = {}
+        for w in {blk.window for blk in self.layers}:
+            masks[w] = build_attention_mask(n, causal, padding_mask, x.device, window=w)
+        rope = cos_sin(self.cfg, n, x.device) if any(blk.use_rope for blk in self.layers) else None
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.layers:
+            args = (masks[blk.window], causal, rope if blk.use_rope else None)
             if recompute:
                 # Non-reentrant checkpointing also works when no block parameter needs a gradient.
-                x = checkpoint(blk, x, mask, causal, rope, use_reentrant=False)
+                x = checkpoint(blk, x, *args, use_reentrant=False)
             else:
-                x = blk(x, mask, causal, rope)
+                x = blk(x, *args)
         return x
 
     def extra_repr(self) -> str:
+        windows = [blk.window for blk in self.layers]
+        nope = [i for blk, i in zip(self.layers, self.layer_indices) if self.rope == "1d" and not blk.use_rope]
+        scaling = (self.cfg.rope_scaling or {}).get("rope_type") if self.rope == "1d" else None
         return (f"family={self.cfg.family}, dim={self.cfg.dim}, layers={self.layer_indices}, "
                 f"mask={self.mask}, rope={self.rope}, attn={self.attn_impl}"
+                + (f", rope_scaling={scaling}" if scaling else "")
+                + (f", windows={windows}" if any(w is not None for w in windows) else "")
+                + (f", no_rope_layers={nope}" if nope else "")
                 + (", grad_checkpointing=True" if self.grad_checkpointing else ""))

@@ -94,6 +94,10 @@ class Reader(ABC):
     def layer_keys(self, i: int) -> dict[str, str]:
         """Canonical name -> the file's own tensor name(s) for layer i (for messages/inspect)."""
 
+    def key_pattern(self, i: int, canon: str) -> str | None:
+        """The file's own name for canonical tensor `canon` of layer i, whether or not it is present."""
+        return None
+
     @abstractmethod
     def _read_layer(self, i: int) -> dict[str, Tensor]:
         """Canonical name -> tensor for layer i, in HF row layout."""
@@ -108,27 +112,105 @@ class Reader(ABC):
         return {"path": str(self.path), "format": self.format, "arch": c.arch, "family": c.family,
                 "layers": c.n_layers, "dim": c.dim, "heads": c.n_heads, "kv_heads": c.n_kv_heads,
                 "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "norm_eps": c.norm_eps, "act": c.act,
-                "pre_norm": c.pre_norm, "params_per_block": c.params_per_block()}
+                "pre_norm": c.pre_norm, "params_per_block": c.params_per_block(),
+                **self._positions_summary()}
 
-    def read_layer(self, i: int) -> dict[str, Tensor]:
-        """Tensors of layer i (canonical names), checked against the config's shapes."""
-        i = parse_layers(i, self.config.n_layers)[0]
-        tensors = self._read_layer(i)
+    def _positions_summary(self) -> dict[str, Any]:
+        """What rope='1d' / mask='causal' will reproduce of the source (only the facts that apply)."""
+        c = self.config
+        out: dict[str, Any] = {}
+        if c.family == "llama":
+            out["rope_theta"] = c.rope_theta
+            out["rope_scaling"] = (c.rope_scaling or {}).get("rope_type", "none")
+        windows = {w for w in (c.layer_windows or []) if w is not None}
+        if windows:
+            out["sliding_window"] = {w: [i for i in range(c.n_layers) if c.layer_window(i) == w] for w in windows}
+        nope = [i for i in range(c.n_layers) if not c.layer_has_rope(i)]
+        if nope:
+            out["no_rope_layers"] = nope
+        if c.unsupported:
+            out["not_reproduced"] = dict(c.unsupported)
+        return out
+
+    def canonical_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        """Canonical name -> shape of layer i's tensors as they will be loaded, from file metadata only."""
+        canon = {f: c for c, f in self.layer_keys(i).items()}
+        return {canon[name]: shape for name, shape, _ in self.tensor_info(i)}
+
+    def shape_problems(self, i: int, shapes: dict[str, tuple[int, ...]] | None = None) -> list[dict[str, Any]]:
+        """Every way layer i's tensors (canonical name -> shape; default: read from the file's
+        metadata) disagree with the config: missing, unexpected (the config declares no such
+        tensor, e.g. a bias flag is off) or of another shape. Each entry names the file's tensor."""
+        shapes = self.canonical_shapes(i) if shapes is None else shapes
         expected = self.config.expected_shapes()
         keys = self.layer_keys(i)
-        missing = sorted(set(expected) - set(tensors))
-        if missing:
-            raise CheckpointError(f"{self.path}: layer {i} lacks tensors "
-                                  f"{[keys.get(m, m) for m in missing]} required by the "
-                                  f"{self.config.arch or self.config.family} architecture")
-        for name, shape in expected.items():
-            got = tuple(tensors[name].shape)
-            if got != shape:
-                raise CheckpointError(
-                    f"{self.path}: tensor {keys.get(name, name)!r} has shape {got}, but the config "
-                    f"(dim={self.config.dim}, heads={self.config.n_heads}, kv_heads={self.config.n_kv_heads}, "
-                    f"ffn_dim={self.config.ffn_dim}) implies {shape}; the config and weights disagree")
-        return {k: tensors[k] for k in expected}
+        out: list[dict[str, Any]] = []
+        for name in sorted(set(expected) | set(shapes)):
+            want, got = expected.get(name), shapes.get(name)
+            if want == got:
+                continue
+            kind = "missing" if got is None else "unexpected" if want is None else "shape"
+            tensor = file_name(keys, name, self.key_pattern(i, name))
+            msg = {"missing": f"{tensor!r} is missing (the config implies shape {want})",
+                   "unexpected": f"{tensor!r} {got} is in the file, but the config declares no such tensor "
+                                 f"(a bias or other option is off in the config)",
+                   "shape": f"{tensor!r} has shape {got}, but the config implies {want}"}[kind]
+            out.append({"tensor": tensor, "canonical": name, "problem": kind, "shape": got, "expected": want,
+                        "message": msg})
+        return out
+
+    def config_summary(self) -> str:
+        """The config values that decide the shapes, for messages."""
+        c = self.config
+        flags = ", ".join(f for f in ("qkv_bias", "out_bias", "mlp_bias") if getattr(c, f))
+        return (f"dim={c.dim}, heads={c.n_heads}, kv_heads={c.n_kv_heads}, head_dim={c.head_dim}, "
+                f"ffn_dim={c.ffn_dim}" + (f", {flags}" if flags else ""))
+
+    def read_layer(self, i: int) -> dict[str, Tensor]:
+        """Tensors of layer i (canonical names), checked against the config's names and shapes."""
+        i = parse_layers(i, self.config.n_layers)[0]
+        tensors = self._read_layer(i)
+        problems = self.shape_problems(i, {k: tuple(t.shape) for k, t in tensors.items()})
+        if problems:
+            raise CheckpointError(
+                f"{self.path}: layer {i} does not match the {self.config.arch or self.config.family} config "
+                f"({self.config_summary()}): " + "; ".join(p["message"] for p in problems)
+                + ". The config and weights disagree: fix the config file or use the weights it belongs to")
+        return tensors
+
+
+def file_name(keys: dict[str, str], canon: str, would_be: str | None = None) -> str:
+    """The file's name for a canonical tensor; q/k/v parts of a fused qkv tensor name the fused one."""
+    if canon in keys:
+        return keys[canon]
+    if would_be:
+        return would_be
+    fused = canon.replace("attn.q.", "attn.qkv.").replace("attn.k.", "attn.qkv.").replace("attn.v.", "attn.qkv.")
+    return f"{keys[fused]} ({canon.split('.')[1]} part)" if fused in keys else canon
+
+
+def check_layer_numbers(path: Path, found: set[int], n_layers: int, pattern: str, count_key: str) -> None:
+    """Refuse a file whose layer numbers are not exactly 0..n_layers-1 (the count its config states):
+    otherwise `-1` would silently pick a layer that is not the last one, or a layer would be missing."""
+    if found == set(range(n_layers)):
+        return
+    missing = sorted(set(range(n_layers)) - found)
+    extra = sorted(found - set(range(n_layers)))
+    detail = "; ".join(s for s in (f"missing layers {_ranges(missing)}" if missing else "",
+                                   f"unexpected layers {_ranges(extra)}" if extra else "") if s)
+    raise CheckpointError(f"{path}: {count_key} says {n_layers} layers, but the tensors named {pattern!r} "
+                          f"disagree ({detail}); fix the config or use the complete checkpoint")
+
+
+def _ranges(xs: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5' (short messages for long layer lists)."""
+    out: list[str] = []
+    for x in xs:
+        if out and out[-1].split("-")[-1] == str(x - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{x}"
+        else:
+            out.append(str(x))
+    return ", ".join(out)
 
 
 def check_exists(path: Path, what: str) -> None:

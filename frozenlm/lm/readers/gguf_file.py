@@ -1,6 +1,7 @@
 """GGUF files (llama.cpp): dequantise only the requested layer's tensors."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..config import BlockConfig
-from .base import CheckpointError, Reader, check_exists, unpermute_rotary
+from .base import CheckpointError, Reader, check_exists, check_layer_numbers, unpermute_rotary
 
 KEYS = {
     "attn.q.weight": "attn_q.weight", "attn.k.weight": "attn_k.weight", "attn.v.weight": "attn_v.weight",
@@ -18,9 +19,12 @@ KEYS = {
     "ffn.down.weight": "ffn_down.weight", "attn_norm.weight": "attn_norm.weight",
     "ffn_norm.weight": "ffn_norm.weight",
 }
+_LAYER_KEY = re.compile(r"^blk\.(\d+)\.attn_q\.weight$")
 # llama.cpp permutes q/k rows for these architectures only (their RoPE is the interleaved kind).
 PERMUTED_ARCHS = ("llama", "mistral")
 SUPPORTED = ("llama", "mistral", "qwen2")
+# architectures whose sliding window (when set) applies to every layer, as in transformers' Mistral
+ALL_LAYERS_WINDOW = ("mistral",)
 
 
 class GGUFReader(Reader):
@@ -49,10 +53,50 @@ class GGUFReader(Reader):
             ffn_dim=int(q(f"{arch}.feed_forward_length")), n_layers=int(q(f"{arch}.block_count")),
             norm_eps=float(q(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
             rope_theta=float(q(f"{arch}.rope.freq_base", 10000.0)),
-            qkv_bias="blk.0.attn_q.bias" in self.tensors)
+            qkv_bias="blk.0.attn_q.bias" in self.tensors, **self._positions(arch, dim // heads))
         self.format = f"gguf ({self._file_type()})"
+        found = {int(m.group(1)) for n in self.tensors if (m := _LAYER_KEY.match(n))}
+        check_layer_numbers(self.path, found, self.config.n_layers, "blk.N.attn_q.weight",
+                            f"GGUF metadata {arch}.block_count")
 
     _MISSING = object()
+
+    def _positions(self, arch: str, default_head_dim: int) -> dict[str, Any]:
+        """RoPE scaling and sliding windows from llama.cpp's metadata keys and rope_freqs tensor."""
+        q = self._field
+        hd = int(q(f"{arch}.attention.key_length", default_head_dim))
+        out: dict[str, Any] = {"rope_scaling": None, "unsupported": {}}
+        kind = str(q(f"{arch}.rope.scaling.type", "none"))
+        factor = q(f"{arch}.rope.scaling.factor", None)
+        if kind == "linear":
+            out["rope_scaling"] = {"rope_type": "linear", "factor": None if factor is None else float(factor)}
+            out["rope_key"] = f"GGUF metadata {arch}.rope.scaling.type"
+        elif kind != "none":
+            out["unsupported"]["rope"] = (f"GGUF metadata {arch}.rope.scaling.type={kind!r} is not reproduced "
+                                          f"(only 'none', 'linear' and a rope_freqs tensor are)")
+        if float(q(f"{arch}.rope.scaling.attn_factor", 1.0)) != 1.0:
+            out["unsupported"]["rope"] = f"GGUF metadata {arch}.rope.scaling.attn_factor is not reproduced"
+        dims = int(q(f"{arch}.rope.dimension_count", hd))
+        if dims != hd:
+            out["unsupported"]["rope"] = (f"GGUF metadata {arch}.rope.dimension_count={dims} < head_dim {hd}: "
+                                          f"RoPE on part of each head is not implemented")
+        if "rope_freqs.weight" in self.tensors:
+            # llama.cpp's form of llama3 scaling: each frequency divided by its factor
+            from gguf.quants import dequantize
+            t = self.tensors["rope_freqs.weight"]
+            ff = [float(v) for v in np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(-1)]
+            linear = (out["rope_scaling"] or {}).get("factor")
+            out["rope_scaling"] = {"rope_type": "freq_factors", "freq_factors": ff, "factor": linear or 1.0}
+            out["rope_key"] = "GGUF tensor rope_freqs.weight"
+        if any(n in self.tensors for n in ("rope_factors_long.weight", "rope_factors_short.weight")):
+            out["unsupported"]["rope"] = "GGUF tensors rope_factors_long/short (LongRoPE) are not reproduced"
+        window = q(f"{arch}.attention.sliding_window", None)
+        if window is not None and arch in ALL_LAYERS_WINDOW:
+            out["layer_windows"] = [int(window)] * int(q(f"{arch}.block_count"))
+        elif window is not None:
+            out["unsupported"]["causal"] = (f"GGUF metadata {arch}.attention.sliding_window={window} is set, but the "
+                                            f"file does not record which layers use the window")
+        return out
 
     def _field(self, key: str, default: Any = _MISSING) -> Any:
         f = self.reader.fields.get(key)
@@ -68,6 +112,9 @@ class GGUFReader(Reader):
 
     def layer_keys(self, i: int) -> dict[str, str]:
         return {c: f"blk.{i}.{s}" for c, s in KEYS.items() if f"blk.{i}.{s}" in self.tensors}
+
+    def key_pattern(self, i: int, canon: str) -> str | None:
+        return f"blk.{i}.{KEYS[canon]}" if canon in KEYS else None
 
     def tensor_info(self, i: int) -> list[tuple[str, tuple[int, ...], str]]:
         out = []

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from ..config import BlockConfig
-from .base import CheckpointError, Reader, check_exists, read_json, safe_torch_load
+from .base import CheckpointError, Reader, check_exists, check_layer_numbers, read_json, safe_torch_load
+from .hf_positions import layer_facts, rope_facts
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "smollm3")
 SUPPORTED = LLAMA_LIKE + ("opt", "gpt2", "bert")
@@ -71,14 +72,17 @@ def config_from_hf(c: dict[str, Any], path: Path) -> BlockConfig:
         raise CheckpointError(f"{path}: unknown architecture model_type={mt!r}; supported: {list(SUPPORTED)}")
     try:
         if mt in LLAMA_LIKE:
-            rope = c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta", 10000.0)
             bias = bool(c.get("attention_bias", False)) or mt == "qwen2"
+            rope, layers = rope_facts(c, mt), layer_facts(c, mt, c["num_hidden_layers"])
             return BlockConfig(family="llama", arch=mt, dim=c["hidden_size"], n_heads=c["num_attention_heads"],
                                n_kv_heads=c.get("num_key_value_heads"), head_dim=c.get("head_dim"),
                                ffn_dim=c["intermediate_size"], n_layers=c["num_hidden_layers"],
                                norm_eps=c.get("rms_norm_eps", 1e-6), act=_act(c.get("hidden_act", "silu"), path),
                                qkv_bias=bias, out_bias=bool(c.get("attention_bias", False)) and mt != "qwen2",
-                               mlp_bias=bool(c.get("mlp_bias", False)), rope_theta=float(rope))
+                               mlp_bias=bool(c.get("mlp_bias", False)), rope_theta=rope["rope_theta"],
+                               rope_scaling=rope.get("rope_scaling"), rope_key=rope["rope_key"],
+                               layer_windows=layers["layer_windows"], layer_rope=layers["layer_rope"],
+                               unsupported={**rope["unsupported"], **layers["unsupported"]})
         if mt == "opt":
             # OPT-350M (do_layer_norm_before=False) is post-LN; its blocks are still hidden_size wide.
             bias = c.get("enable_bias", True)
@@ -203,14 +207,29 @@ class HFReader(Reader):
         self.prefix = self._find_prefix(LAYER_MARK[family])
 
     def _find_prefix(self, mark: str) -> str:
-        """The text before the layer number (e.g. 'model.layers.'), found from layer 0's key."""
-        pat = re.compile(r"^(.*?)0\." + re.escape(mark) + "$")
+        """The text before the layer number (e.g. 'model.layers.'), from every layer's marker key.
+
+        The prefix must end at a '.' (or be empty) and the number after it must be a whole
+        component, so 'layers.10.' can never be read as prefix 'layers.1' + layer 0, whatever
+        order the index or the file lists its keys in. Every key is looked at: one prefix and the
+        layers 0..n_layers-1 of config.json, or an error, never a guess.
+        """
+        pat = re.compile(r"^((?:.*\.)?)(\d+)\." + re.escape(mark) + "$")
+        found: dict[str, set[int]] = {}
         for k in self.files.keys():
             m = pat.match(k)
             if m:
-                return m.group(1)
-        raise CheckpointError(f"{self.path}: no tensor named like '<prefix>0.{mark}' found; the weights do not "
-                              f"match config.json's model_type={self.config.arch!r}")
+                found.setdefault(m.group(1), set()).add(int(m.group(2)))
+        if not found:
+            raise CheckpointError(f"{self.path}: no tensor named like '<prefix>N.{mark}' found; the weights do not "
+                                  f"match config.json's model_type={self.config.arch!r}")
+        if len(found) > 1:
+            raise CheckpointError(f"{self.path}: layer tensors '*.N.{mark}' appear under several prefixes "
+                                  f"{sorted(found)}; frozenlm cannot tell which stack is the language model")
+        (prefix, layers), = found.items()
+        key = "n_layer" if self.config.family == "gpt2" else "num_hidden_layers"
+        check_layer_numbers(self.path, layers, self.config.n_layers, f"{prefix}N.{mark}", f"config.json {key}")
+        return prefix
 
     def layer_keys(self, i: int) -> dict[str, str]:
         avail = set(self.files.keys())
@@ -226,17 +245,29 @@ class HFReader(Reader):
     def tensor_info(self, i: int) -> list[tuple[str, tuple[int, ...], str]]:
         return [(k, *self.files.info(k)) for k in self.layer_keys(i).values()]
 
+    def key_pattern(self, i: int, canon: str) -> str | None:
+        if canon not in self.keymap and self.config.family == "gpt2" and canon.startswith("attn."):
+            canon = "attn.qkv." + canon.split(".")[-1]
+        return f"{self.prefix}{i}.{self.keymap[canon]}" if canon in self.keymap else None
+
     def _read_layer(self, i: int) -> dict[str, Tensor]:
-        out = {canon: self.files.get(key) for canon, key in self.layer_keys(i).items()}
+        out = self._to_canonical({canon: self.files.get(key) for canon, key in self.layer_keys(i).items()})
+        return {k: v.contiguous() for k, v in out.items()}
+
+    def canonical_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        # The same conversion as _read_layer, on shape-only tensors: no data is read.
+        shapes = {c: self.files.info(k)[0] for c, k in self.layer_keys(i).items()}
+        metas = self._to_canonical({c: torch.empty(s, device="meta") for c, s in shapes.items()})
+        return {c: tuple(t.shape) for c, t in metas.items()}
+
+    def _to_canonical(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """File tensors -> canonical layout (GPT-2: Conv1D (in, out) transposed, fused qkv split)."""
         if self.config.family == "gpt2":
-            # Conv1D stores (in, out); nn.Linear wants (out, in).
             for name in ("attn.qkv.weight", "attn.o.weight", "ffn.up.weight", "ffn.down.weight"):
                 if name in out:
                     out[name] = out[name].t()
-            if "attn.qkv.weight" in out:
-                for c, t in zip("qkv", out.pop("attn.qkv.weight").chunk(3, dim=0)):
-                    out[f"attn.{c}.weight"] = t
-            if "attn.qkv.bias" in out:
-                for c, t in zip("qkv", out.pop("attn.qkv.bias").chunk(3, dim=0)):
-                    out[f"attn.{c}.bias"] = t
-        return {k: v.contiguous() for k, v in out.items()}
+            for p in ("weight", "bias"):
+                if f"attn.qkv.{p}" in out:
+                    for c, t in zip("qkv", out.pop(f"attn.qkv.{p}").chunk(3, dim=0)):
+                        out[f"attn.{c}.{p}"] = t
+        return out

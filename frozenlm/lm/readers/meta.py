@@ -1,13 +1,14 @@
 """Meta LLaMA directories: params.json + consolidated.NN.pth (model-parallel shards)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..config import BlockConfig
-from .base import CheckpointError, Reader, read_json, safe_torch_load, unpermute_rotary
+from .base import CheckpointError, Reader, check_layer_numbers, read_json, safe_torch_load, unpermute_rotary
 
 KEYS = {
     "attn.q.weight": "attention.wq.weight", "attn.k.weight": "attention.wk.weight",
@@ -18,6 +19,47 @@ KEYS = {
 }
 # Model-parallel shards split column-parallel weights on dim 0, row-parallel ones on dim 1.
 ROW_PARALLEL = ("attn.o.weight", "ffn.down.weight")
+
+
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.attention\.wq\.weight$")
+_SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
+
+
+def _ordered_shards(path: Path) -> list[Path]:
+    """consolidated.NN.pth files in model-parallel rank order (by number, not by name), all present."""
+    ranks = {int(m.group(1)): f for f in path.glob("consolidated.*.pth") if (m := _SHARD.match(f.name))}
+    if not ranks:
+        raise CheckpointError(f"{path}: no consolidated.NN.pth files next to params.json")
+    if sorted(ranks) != list(range(len(ranks))):
+        raise CheckpointError(f"{path}: model-parallel shards are numbered {sorted(ranks)}; expected "
+                              f"consolidated.00.pth .. consolidated.{len(ranks) - 1:02d}.pth with none missing")
+    return [ranks[r] for r in range(len(ranks))]
+
+
+def meta_rope(p: dict) -> dict:
+    """RoPE scaling from params.json, as BlockConfig fields.
+
+    `use_scaled_rope` is the llama3 scaling of Meta's reference model.py (low/high frequency factors
+    1 and 4, original context 8192), but params.json does not say its factor: Meta's code uses 8
+    (Llama 3.1) while transformers' converter uses 32 for Llama 3.2, whose params.json reads the
+    same. So the factor must be stated (`rope_scaling_factor`, as Llama 4's params do), or rope='1d'
+    is refused. A `rope_scaling` dict uses transformers' names (`rope_type` or `type`, `factor`, ...).
+    """
+    if p.get("rope_scaling"):
+        sc = dict(p["rope_scaling"])
+        sc["rope_type"] = sc.pop("rope_type", sc.pop("type", "default"))
+        return {"rope_scaling": None if sc["rope_type"] == "default" else sc, "rope_key": "params.json rope_scaling"}
+    if not p.get("use_scaled_rope"):
+        return {}
+    if p.get("rope_scaling_factor") is None:
+        return {"rope_key": "params.json use_scaled_rope", "unsupported": {"rope": (
+            "params.json has use_scaled_rope=true but no rope_scaling_factor; Meta's reference code uses 8 "
+            "(Llama 3.1), transformers' converter 32 for Llama 3.2: add \"rope_scaling_factor\": 8 or 32 "
+            "to params.json")}}
+    sc = {"rope_type": "llama3", "factor": float(p["rope_scaling_factor"]), "low_freq_factor": 1.0,
+          "high_freq_factor": float(p.get("rope_high_freq_factor") or 4.0),
+          "original_max_position_embeddings": 8192}
+    return {"rope_scaling": sc, "rope_key": "params.json use_scaled_rope"}
 
 
 def llama_ffn_dim(dim: int, multiple_of: int, multiplier: float | None) -> int:
@@ -35,9 +77,7 @@ class MetaReader(Reader):
         self.path = Path(path)
         pj = self.path / "params.json"
         p = read_json(pj, "params.json of a Meta LLaMA directory")
-        self.shards = sorted(self.path.glob("consolidated.*.pth"))
-        if not self.shards:
-            raise CheckpointError(f"{self.path}: no consolidated.*.pth files next to params.json")
+        self.shards = _ordered_shards(self.path)
         self._sds: list[dict[str, Tensor]] | None = None
         try:
             dim, heads = int(p["dim"]), int(p["n_heads"])
@@ -48,18 +88,25 @@ class MetaReader(Reader):
         self.config = BlockConfig(family="llama", arch="llama", dim=dim, n_heads=heads,
                                   n_kv_heads=p.get("n_kv_heads") or heads, ffn_dim=ffn, n_layers=n_layers,
                                   norm_eps=float(p.get("norm_eps", 1e-6)),
-                                  rope_theta=float(p.get("rope_theta", 10000.0)))
+                                  rope_theta=float(p.get("rope_theta", 10000.0)), **meta_rope(p))
         self.format = f"meta-consolidated ({len(self.shards)} shard{'s' if len(self.shards) > 1 else ''})"
 
     @property
     def sds(self) -> list[dict[str, Tensor]]:
         """Memory-mapped state dicts of every shard (tensors are views into the files)."""
         if self._sds is None:
-            self._sds = [safe_torch_load(f) for f in self.shards]
+            sds = [safe_torch_load(f) for f in self.shards]
+            found = {int(m.group(1)) for k in sds[0] if (m := _LAYER_KEY.match(k))}
+            check_layer_numbers(self.shards[0], found, self.config.n_layers, "layers.N.attention.wq.weight",
+                                "params.json n_layers")
+            self._sds = sds
         return self._sds
 
     def layer_keys(self, i: int) -> dict[str, str]:
         return {c: f"layers.{i}.{s}" for c, s in KEYS.items() if f"layers.{i}.{s}" in self.sds[0]}
+
+    def key_pattern(self, i: int, canon: str) -> str | None:
+        return f"layers.{i}.{KEYS[canon]}" if canon in KEYS else None
 
     def tensor_info(self, i: int) -> list[tuple[str, tuple[int, ...], str]]:
         out = []
