@@ -233,9 +233,17 @@ def _check_frozen_sources(saved: dict[str, dict], current: dict[str, dict], wher
             problems.append(f"{mod}: in the model but not in the checkpoint")
         else:
             for field in IDENTITY_FIELDS:
-                if field in saved[mod] and saved[mod][field] != current[mod].get(field):
-                    problems.append(f"{mod}: {field} differs (checkpoint {saved[mod][field]!r}, "
-                                    f"model {current[mod].get(field)!r})")
+                if field not in saved[mod]:
+                    continue
+                a, b = saved[mod][field], current[mod].get(field)
+                if field == "arch" and isinstance(a, dict) and isinstance(b, dict):
+                    # Fields a newer BlockConfig added are absent from older checkpoints: compare the shared ones.
+                    diff = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+                    if diff:
+                        problems.append(f"{mod}: architecture differs in " + ", ".join(
+                            f"{k} (checkpoint {a[k]!r}, model {b[k]!r})" for k in diff))
+                elif a != b:
+                    problems.append(f"{mod}: {field} differs (checkpoint {a!r}, model {b!r})")
             if saved[mod].get("source") != current[mod].get("source"):
                 moved.append(f"{mod}: {saved[mod].get('source')!r} -> {current[mod].get('source')!r}")
     if problems:

@@ -60,7 +60,7 @@ def parse_layers(spec: Any, n_layers: int) -> list[int]:
                 raise CheckpointError(f"layer range {spec!r} is empty for a model with {n_layers} layers")
         else:
             items = [_layer_int(t, spec) for t in s.split(",") if t.strip()]
-    elif isinstance(spec, (list, tuple)):
+    elif isinstance(spec, (list, tuple, range)):
         items = [_layer_int(t, spec) for t in spec]
     else:
         raise CheckpointError(f"layer spec {spec!r} is not valid: {_LAYER_SPEC_HELP}")
