@@ -376,10 +376,13 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), schema_for: Sch
     path = Path(path)
     files: list[tuple[Path, dict[str, Any]]] = []
     data = _read_yaml(path, (), files)
-    schema = schema_for(data.get("task")) if schema_for is not None else None
+    overrides = list(overrides)
+    task = next((o.split("=", 1)[1].strip() for o in overrides if o.lstrip("+").split("=", 1)[0].strip() == "task"),
+                data.get("task"))  # `task=...` on the command line picks the schema the files must meet
+    schema = schema_for(task) if schema_for is not None else None
     if schema is not None:
         for file, own in files:
             bad = check_keys(own, schema)
             if bad:
-                raise ConfigError(unknown_keys_message(bad, schema, str(file), data.get("task")))
+                raise ConfigError(unknown_keys_message(bad, schema, str(file), task))
     return make_config(data, overrides, name=path.stem, schema=schema)
