@@ -315,9 +315,11 @@ def test_analyze_cli_on_trained_checkpoints(tmp_path: Path) -> None:
     from frozenlm.engine.train import train
 
     runs = []
-    for name, cfgfile in (("base", "configs/image/fmnist_baseline.yaml"), ("lm", "configs/image/fmnist_smollm2.yaml")):
+    for name, variant in (("base", "none"), ("lm", "frozen")):
         # Trained on the cluttered data through the image_cluttered task (frozenlm/tasks/image_cluttered.py).
-        cfg = load_config(cfgfile, ["task=image_cluttered", "model.name=vit_mini_patch7_28", "max_steps=2",
+        cfg = load_config("configs/image/cluttered_smollm2.yaml", [
+                                    f"model.lm.variant={variant}", "data.clutter=standard", "data.img_size=28",
+                                    "model.name=vit_mini_patch7_28", "max_steps=2",
                                     "data.subset_train=64", "data.subset_val=32", "batch_size=16", "num_workers=0",
                                     "progress=false", "precision=fp32", f"run_dir={tmp_path / name}"])
         train(cfg)
