@@ -336,7 +336,10 @@ def test_recipes_match_the_paper() -> None:
     for c in (base, llama):
         assert (c.epochs, c.batch_size, c.model.dim, c.optim.schedule) == (30, 32, 768, "step")
         assert list(c.optim.milestones) == [10, 15, 20] and c.optim.gamma == 0.1
-        assert c.model.text_encoder == "lstm" and c.task == "sqa3d" and c.best_metric == "EM@1"
+        from frozenlm.engine.task import get_task
+        from frozenlm.engine.train import best_rule
+        assert c.model.text_encoder == "lstm" and c.task == "sqa3d"
+        assert best_rule(c, get_task("sqa3d")) == ("EM@1", "max")  # the best checkpoint follows EM@1
     assert base.model.lm.variant == "none"
     assert llama.model.lm.variant == "frozen" and list(llama.model.lm.layers) == [31]
     offline = load_config("configs/sqa3d/rooms_ablation.yaml")
