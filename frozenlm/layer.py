@@ -97,6 +97,19 @@ class LMLayer(nn.Module):
             for lin in (self.proj_in, self.proj_out):
                 nn.init.trunc_normal_(lin.weight, std=0.02)
 
+    @classmethod
+    def from_spec(cls, dim: int, lm: str | dict[str, Any] | LMLayer | None, **defaults: Any) -> LMLayer:
+        """The ``lm=`` argument of model factories as an LMLayer: None (the baseline), a source string
+        ("smollm2-135m", "~/llama-7b:31"), a dict of LMLayer arguments (over ``defaults``), or a ready LMLayer."""
+        if isinstance(lm, LMLayer):
+            return lm
+        if isinstance(lm, str):
+            lm = {"source": lm}
+        if lm is not None and not isinstance(lm, dict):
+            raise TypeError(f"lm must be None, a source string, a dict or an LMLayer, not {type(lm).__name__}")
+        kw = {**defaults, **(lm or {"variant": "none"})}
+        return cls(dim, variant="none") if kw.get("variant") == "none" else cls(dim, **kw)
+
     @property
     def is_frozen(self) -> bool:
         """True when this layer holds pretrained weights that are not trained (and not checkpointed)."""

@@ -318,7 +318,7 @@ def test_clip_image_tower_loads_from_openai_clip_layout(tmp_path: Path) -> None:
     """An OpenAI-CLIP / open_clip checkpoint (keys visual.*, text tower alongside) loads into a timm CLIP ViT."""
     from safetensors.torch import save_file
     from timm.models.vision_transformer import VisionTransformer
-    from frozenlm.models.checkpoint import load_backbone_weights
+    from frozenlm.models.weights import load_backbone_weights
 
     def tower() -> VisionTransformer:  # CLIP-style: pre-norm, no patch bias, no classifier
         return VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, pre_norm=True,

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..models.point_ops import farthest_point_sample, gather_points
+from ..ops.points import farthest_point_sample, gather_points
 from .cache import cache_key, load_or_build
 from .errors import DataFileError, FilePolicy, on_error_policy
 from .pointcloud_shapes import SHAPE_CLASSES, load_or_generate_shapes

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 from ..layer import LMLayer
 from .vit import build_vit_backbone
-from .lm_spec import make_lm_layer
 from .registry import register_model
 
 # Small image encoders for the offline defaults (64 px easy-VQA images: 16 patches + CLS).
@@ -201,4 +200,4 @@ def build_meter(image: dict[str, Any] | None = None, text: dict[str, Any] | None
     elif text.get("freeze_embeddings"):
         # The 30k-row word embedding dominates the optimizer step on CPU and barely moves in fine-tuning.
         txt.embeddings.requires_grad_(False)
-    return METER(img, txt, make_lm_layer(hidden, lm), hidden, fusion_layers, heads, num_answers, embed_dim, dropout)
+    return METER(img, txt, LMLayer.from_spec(hidden, lm), hidden, fusion_layers, heads, num_answers, embed_dim, dropout)

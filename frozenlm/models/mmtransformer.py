@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from ..data.motion import FEATURES
 from ..layer import LMLayer
-from .lm_spec import make_lm_layer
 from .registry import register_model
 from .vectornet import _check_future, polyline_encoder, scale_coordinates, to_trajectory
 
@@ -78,5 +77,5 @@ def mmtransformer(lm: str | dict[str, Any] | LMLayer | None = None, hidden: int 
                   position: str = "tail") -> MMTransformer:
     """mmTransformer-style predictor (128-wide tokens, K=6 proposals) with an optional LMLayer."""
     _check_future(future, modes)
-    return MMTransformer(make_lm_layer(2 * hidden, lm, init="default"), hidden, subgraph_depth, enc_layers,
+    return MMTransformer(LMLayer.from_spec(2 * hidden, lm, init="default"), hidden, subgraph_depth, enc_layers,
                          dec_layers, heads, future, modes, position)

@@ -21,8 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..layer import LMLayer
-from .lm_spec import make_lm_layer
-from .point_ops import farthest_point_sample, gather_points, group_points, knn
+from ..ops.points import farthest_point_sample, gather_points, group_points, knn
 from .registry import register_model
 
 __all__ = ["SetAbstraction", "SceneEncoder", "LSTMTextEncoder", "MiniLMTextEncoder", "SituatedFusion", "SQA3DNet",
@@ -224,7 +223,7 @@ class SQA3DNet(nn.Module):
         else:
             raise ValueError(f"model.text_encoder must be 'lstm' or 'minilm', got {text_encoder!r}")
         self.fusion = SituatedFusion(dim, heads, fusion_depth, dropout)
-        self.lm_layer: LMLayer = make_lm_layer(dim, lm, init=lm_init)
+        self.lm_layer: LMLayer = LMLayer.from_spec(dim, lm, init=lm_init)
         self.norm = nn.LayerNorm(dim)
         self.pool = _GuidedPool(dim)
         self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, num_answers))

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from ..data.motion import FEATURES
 from ..layer import LMLayer
-from .lm_spec import make_lm_layer
 from .registry import register_model
 
 POSITIONS = ("head", "tail")
@@ -150,6 +149,6 @@ def _check_future(future: int, modes: int) -> None:
 @register_model("vectornet")
 def vectornet(lm: str | dict[str, Any] | LMLayer | None = None, hidden: int = 64, subgraph_depth: int = 3,
               future: int = 30, modes: int = 6, position: str = "tail") -> VectorNet:
-    """VectorNet (hidden 64 -> 128-wide polyline tokens) with an optional LMLayer (`lm`, see make_lm_layer)."""
+    """VectorNet (hidden 64 -> 128-wide polyline tokens) with an optional LMLayer (`lm`, see LMLayer.from_spec)."""
     _check_future(future, modes)
-    return VectorNet(make_lm_layer(2 * hidden, lm, init="default"), hidden, subgraph_depth, future, modes, position)
+    return VectorNet(LMLayer.from_spec(2 * hidden, lm, init="default"), hidden, subgraph_depth, future, modes, position)
