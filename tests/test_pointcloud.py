@@ -12,7 +12,7 @@ import torch
 from frozenlm.config import load_config
 from frozenlm.data.pointcloud import (PointCloudDataset, build_pointcloud_dataset, read_h5_clouds, read_modelnet_h5,
                                       read_modelnet_txt, read_scanobjectnn, sample_points, scale_and_translate)
-from frozenlm.data.pointcloud_shapes import SHAPE_CLASSES, generate_shapes, load_or_generate_shapes
+from frozenlm.data.synthetic.pointcloud import SHAPE_CLASSES, generate_shapes, load_or_generate_shapes
 from frozenlm.engine.train import train
 from frozenlm.layer import LMLayer, count_parameters
 from frozenlm.lm.load import load_blocks

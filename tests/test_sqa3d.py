@@ -14,7 +14,7 @@ from frozenlm.config import load_config
 from frozenlm.engine.checkpoint import CheckpointError, load_checkpoint, model_state_to_save, save_checkpoint
 from frozenlm.layer import frozen_param_names, frozen_sources
 from frozenlm.lm.load import tensor_digest
-from frozenlm.data.rooms3d import (Agent, RoomObject, answer, generate_rooms, load_or_generate_rooms, make_room,
+from frozenlm.data.synthetic.sqa3d import (Agent, RoomObject, answer, generate_rooms, load_or_generate_rooms, make_room,
                                    question_text, situation_text)
 from frozenlm.data.sqa3d import load_scene_points, question_type, quaternion_yaw, read_sqa3d_split
 from frozenlm.engine.optim import lr_at, schedule_lr, step_lr
@@ -96,7 +96,7 @@ def test_rooms_deterministic_cached_and_consistent(tmp_path: Path) -> None:
         for q in rec["questions"]:  # stored answers are the geometry's answers
             assert answer(objs, agent, q["template"], **q["args"]) == q["answer"]
         # every object-coloured point lies on an object of that colour (floor points are grey)
-        from frozenlm.data.rooms3d import COLORS
+        from frozenlm.data.synthetic.sqa3d import COLORS
         for color, rgb in COLORS.items():
             near = np.abs(pts[:, 3:] - np.array(rgb)).max(1) < 0.12
             same = [o for o in objs if o.color == color]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import package_dir
-from frozenlm.data.moving_shapes import CLASSES, generate, render_clip, write_mp4
+from frozenlm.data.synthetic.video import CLASSES, generate, render_clip, write_mp4
 from frozenlm.data.video import (VideoClipDataset, VideoDecodeError, VideoTooShortError, _same_randaugment,
                                  decode_frames, dense_indices, read_kinetics_csv, read_ssv2_labels,
                                  read_ssv2_split, read_video_list, skip_none_collate, spatial_crops, tsn_indices)

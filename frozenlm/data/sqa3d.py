@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DataFileError, FilePolicy
-from .rooms3d import QUESTION_TYPES
+from .synthetic.sqa3d import QUESTION_TYPES
 
 __all__ = ["PAD", "UNK", "tokenize", "question_type", "quaternion_yaw", "build_word_vocab", "build_answer_vocab",
            "read_sqa3d_split", "load_scene_points", "SituatedQADataset", "rooms_to_samples"]

@@ -31,7 +31,7 @@ def video_items(cfg: Mapping[str, Any], split: str) -> tuple[list[tuple[Path, in
     if which is None:
         raise ValueError(f"unknown split {split!r}; video datasets have train and val")
     if name == "moving_shapes":
-        from .moving_shapes import CLASSES, generate
+        from .synthetic.video import CLASSES, generate
         root = generate(cfg.get("root"), int(cfg.get("n_train", 1200)), int(cfg.get("n_val", 240)),
                         seed=int(cfg.get("gen_seed", 0)), size=int(cfg.get("frame_size", 32)),
                         num_frames=int(cfg.get("gen_frames", 8)))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.errors import on_error_policy
-from ..data.rooms3d import QUESTION_TYPES, load_or_generate_rooms
+from ..data.synthetic.sqa3d import QUESTION_TYPES, load_or_generate_rooms
 from ..data.sqa3d import (SituatedQADataset, build_answer_vocab, build_word_vocab, drop_bad_scenes,
                           load_scene_points, read_sqa3d_split, rooms_to_samples)
 from ..engine.task import Task, register_task
