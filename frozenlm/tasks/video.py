@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import build_loss, build_mixup
-from ..data.video import skip_none_collate
-from ..data.video_sets import build_video_dataset
+from ..data.video import build_video_dataset, skip_none_collate
 from ..engine.classification import classification_finalize, topk_sums
 from ..engine.optim import param_groups as engine_param_groups
 from ..engine.task import Task, register_task
