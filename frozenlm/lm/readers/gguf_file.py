@@ -35,6 +35,25 @@ SLIDING_PATTERN = {"gemma2": 2, "gemma3": 6}
 GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 
 
+def _plain_array_reader(path: Path) -> Any:
+    """gguf.GGUFReader over a plain ndarray view of its memory map (same bytes, still lazy).
+
+    The header parse indexes the map once per vocabulary string; np.memmap's per-index overhead
+    made that ~3x slower (25 s vs 9 s for Gemma 3's 262k-token vocabulary)."""
+    import gguf
+
+    class _Reader(gguf.GGUFReader):
+        @property
+        def data(self) -> np.ndarray:
+            return self._data
+
+        @data.setter
+        def data(self, v: np.ndarray) -> None:
+            self._data = v.view(np.ndarray) if isinstance(v, np.memmap) else v
+
+    return _Reader(str(path))
+
+
 class GGUFReader(Reader):
     """Reader for llama-family GGUF files (SUPPORTED), any quantisation gguf can dequantise.
 
@@ -42,11 +61,10 @@ class GGUFReader(Reader):
     """
 
     def __init__(self, path: str | Path) -> None:
-        import gguf
         self.path = Path(path)
         check_exists(self.path, "GGUF file")
         try:
-            self.reader = gguf.GGUFReader(str(self.path))
+            self.reader = _plain_array_reader(self.path)
         except Exception as e:  # noqa: BLE001 - gguf raises assorted errors for bad files
             raise CheckpointError(f"{self.path} is not a readable GGUF file ({type(e).__name__}: {e}); "
                                   f"truncated or corrupt? Re-download or re-convert it.") from None
