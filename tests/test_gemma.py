@@ -102,7 +102,7 @@ def test_real_gemma3_layer_parity():
 @pytest.mark.slow
 def test_real_gemma3_against_transformers_gguf_loader():
     """transformers' own GGUF loader: sliding and global layers, paper mode and rope='1d' + causal
-    (600 tokens: beyond the 512-token window)."""
+    (600 tokens: beyond the 512-token window). `pytest -s` prints docs/core.md's table."""
     import transformers as T
     from test_rope_modes import layer_io
     path = resolve_source("gemma3-270m")
@@ -118,5 +118,8 @@ def test_real_gemma3_against_transformers_gguf_loader():
             b, n, _ = ins[k].shape
             want_paper = model.layers[k](ins[k], attention_mask=torch.zeros(b, 1, n, n),
                                          position_embeddings=(torch.ones(b, n, 256), torch.zeros(b, n, 256)))
+        want_paper = want_paper[0] if isinstance(want_paper, tuple) else want_paper
+        print(f"| {k} | {model.config.layer_types[k]} | {(paper - want_paper).abs().max():.1e} | "
+              f"{_rel_err(paper, want_paper):.1e} | {(got - outs[k]).abs().max():.1e} | {_rel_err(got, outs[k]):.1e} |")
         assert _rel_err(got, outs[k]) < REL, k
-        assert _rel_err(paper, want_paper[0] if isinstance(want_paper, tuple) else want_paper) < REL, k
+        assert _rel_err(paper, want_paper) < REL, k
