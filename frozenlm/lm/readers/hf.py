@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..config import BlockConfig
