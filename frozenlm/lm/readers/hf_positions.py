@@ -39,6 +39,7 @@ def rope_facts(c: dict[str, Any], arch: str) -> dict[str, Any]:
         local = _one_rope(rp["sliding_attention"], c, arch, f"{where}.sliding_attention", 10000.0)
         out["unsupported"] = {**local["unsupported"], **out["unsupported"]}
         out["local_rope"] = {"rope_theta": local["rope_theta"], "rope_scaling": local.get("rope_scaling")}
+        out["rope_key"] = where  # refusals then name "... rope_parameters" or "... rope_parameters (sliding layers)"
         return out
     return _one_rope(rp, c, arch, where, theta)
 
