@@ -82,6 +82,47 @@ def smollm3_config(**kw):
     return _eager(SmolLM3Config(**args))
 
 
+# Gemma 2/3, Qwen3, Phi-3: head_dim 24 (heads * head_dim = 96 != dim 64), windows of 4 tokens
+NEW_HEAD_DIM, WINDOW = 24, 4
+_SMALL = dict(hidden_size=DIM, intermediate_size=96, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+              vocab_size=97, max_position_embeddings=128, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
+              eos_token_id=2)
+
+
+def gemma2_config(**kw):
+    from transformers import Gemma2Config
+    args = dict(_SMALL, num_hidden_layers=4, head_dim=NEW_HEAD_DIM, sliding_window=WINDOW, query_pre_attn_scalar=20,
+                attn_logit_softcapping=3.0, rms_norm_eps=1e-6)
+    args.update(kw)
+    return _eager(Gemma2Config(**args))
+
+
+def gemma3_config(**kw):
+    """6 layers: 0-4 slide, 5 is global (transformers' and llama.cpp's default pattern)."""
+    from transformers import Gemma3TextConfig
+    args = dict(_SMALL, num_hidden_layers=6, head_dim=NEW_HEAD_DIM, sliding_window=WINDOW, query_pre_attn_scalar=20,
+                rms_norm_eps=1e-6)
+    args.update(kw)
+    return _eager(Gemma3TextConfig(**args))
+
+
+def qwen3_config(**kw):
+    """Layers >= 1 use the sliding window."""
+    from transformers import Qwen3Config
+    args = dict(_SMALL, num_hidden_layers=3, head_dim=NEW_HEAD_DIM, use_sliding_window=True, sliding_window=WINDOW,
+                max_window_layers=1, rms_norm_eps=1e-6)
+    args.update(kw)
+    return _eager(Qwen3Config(**args))
+
+
+def phi3_config(**kw):
+    from transformers import Phi3Config
+    args = dict(_SMALL, num_hidden_layers=3, sliding_window=WINDOW, rms_norm_eps=1e-5,
+                original_max_position_embeddings=128)
+    args.update(kw)
+    return _eager(Phi3Config(**args))
+
+
 def opt_config(**kw):
     from transformers import OPTConfig
     args = dict(hidden_size=DIM, ffn_dim=128, num_hidden_layers=LAYERS, num_attention_heads=HEADS, vocab_size=97,
@@ -106,12 +147,15 @@ def bert_config(**kw):
 
 
 def make_model(kind: str, seed: int = 0, std: float = 0.2, **kw) -> nn.Module:
-    """A randomised transformers base model: llama, qwen2, mistral, smollm3, opt, opt-postln, gpt2 or bert."""
+    """A randomised transformers base model: llama, qwen2, mistral, smollm3, opt, opt-postln, gpt2, bert,
+    gemma2, gemma3, qwen3 or phi3."""
     import transformers as T
     builders = {
         "llama": (T.LlamaModel, llama_config), "qwen2": (T.Qwen2Model, qwen2_config),
         "mistral": (T.MistralModel, mistral_config), "smollm3": (T.SmolLM3Model, smollm3_config),
         "opt": (T.OPTModel, opt_config), "gpt2": (T.GPT2Model, gpt2_config), "bert": (T.BertModel, bert_config),
+        "gemma2": (T.Gemma2Model, gemma2_config), "gemma3": (T.Gemma3TextModel, gemma3_config),
+        "qwen3": (T.Qwen3Model, qwen3_config), "phi3": (T.Phi3Model, phi3_config),
     }
     if kind == "opt-postln":
         kw.setdefault("do_layer_norm_before", False)
@@ -132,6 +176,31 @@ def reference_layers(model: nn.Module) -> nn.ModuleList:
             continue
         return obj
     raise AttributeError(f"no layer list in {type(model).__name__}")
+
+
+def make_multimodal(kind: str, seed: int = 0, std: float = 0.1) -> tuple[nn.Module, nn.Module]:
+    """A randomised tiny LLaVA (Llama LM + CLIP tower), Gemma 3 (Gemma 3 LM + SigLIP tower) or Qwen2-VL model,
+    and its language model (the reference for the blocks read back)."""
+    import transformers as T
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    torch.manual_seed(seed)
+    if kind == "llava":
+        model = T.LlavaForConditionalGeneration(T.LlavaConfig(
+            text_config=llama_config(), vision_config=T.CLIPVisionConfig(**vision)))
+    elif kind == "gemma3mm":
+        model = T.Gemma3ForConditionalGeneration(T.Gemma3Config(
+            text_config=gemma3_config(), vision_config=T.SiglipVisionConfig(**vision), mm_tokens_per_image=4))
+    else:
+        model = T.Qwen2VLForConditionalGeneration(T.Qwen2VLConfig(
+            # mrope_section: the t/h/w parts of each head's rotary frequencies (8 for head_dim 16)
+            text_config=qwen2_config(rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                      "rope_theta": 1e4}),
+            vision_config=dict(depth=1, embed_dim=32, num_heads=2, hidden_size=DIM)))
+    model.config._attn_implementation = "eager"
+    model.model.language_model.config._attn_implementation = "eager"
+    randomize_(model, seed=seed, std=std)
+    return model, model.model.language_model
 
 
 def save_hf(model: nn.Module, path: Path, **kw) -> Path:
@@ -278,6 +347,11 @@ def write_meta(model: nn.Module, path: Path, n_shards: int = 1, layer_order: lis
 
 # ---------------------------------------------------------------- GGUF
 
+GGUF_GEMMA_NAMES = {  # llama.cpp's names for Gemma's four norms
+    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight", "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
+GGUF_PHI3_NAMES = {"self_attn.qkv_proj.weight": "attn_qkv.weight", "mlp.gate_up_proj.weight": "ffn_up.weight"}
 GGUF_NAMES = {
     "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
@@ -286,18 +360,23 @@ GGUF_NAMES = {
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight", "input_layernorm.weight": "attn_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
 }
 
 
 def write_gguf(model: nn.Module, path: Path, arch: str = "llama", layer_order: list[int] | None = None,
                extra=None) -> Path:
-    """A GGUF file (F32 tensors) from a transformers LlamaModel / Qwen2Model, as llama.cpp converts it.
+    """A GGUF file (F32 tensors) from a transformers Llama / Qwen2 / Qwen3 / Phi-3 / Gemma 2/3 base model, as
+    llama.cpp's convert_hf_to_gguf.py converts it (q/k rows permuted for llama/mistral, Gemma norms stored
+    as 1 + w, Phi-3's fused tensors kept fused, Gemma's sliding window and soft-cap in the metadata).
 
     `layer_order`: order in which the layers' tensors are written; `extra(writer)` adds more
     metadata or tensors (e.g. RoPE scaling keys) before the layers."""
     import gguf
     cfg = model.config
     sd = model.state_dict()
+    gemma = arch in ("gemma2", "gemma3")
+    names = {**GGUF_NAMES, **(GGUF_GEMMA_NAMES if gemma else {}), **(GGUF_PHI3_NAMES if arch == "phi3" else {})}
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
@@ -306,8 +385,16 @@ def write_gguf(model: nn.Module, path: Path, arch: str = "llama", layer_order: l
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    w.add_rope_freq_base(float(rope.get("full_attention", rope).get("rope_theta", 10000.0)))
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if getattr(cfg, "head_dim", None):
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+    if gemma or arch == "phi3":
+        w.add_sliding_window(cfg.sliding_window)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
 
     def add(name: str, t: torch.Tensor) -> None:
         w.add_tensor(name, np.ascontiguousarray(t.detach().float().numpy()))
@@ -316,11 +403,11 @@ def write_gguf(model: nn.Module, path: Path, arch: str = "llama", layer_order: l
     if extra is not None:
         extra(w)
     for i in (range(cfg.num_hidden_layers) if layer_order is None else layer_order):
-        for hf, gg in GGUF_NAMES.items():
+        for hf, gg in names.items():
             key = f"layers.{i}.{hf}"
             if key not in sd:
                 continue
-            t = sd[key]
+            t = sd[key] + 1.0 if gemma and hf.endswith("norm.weight") else sd[key]
             if arch in ("llama", "mistral") and hf == "self_attn.q_proj.weight":
                 t = to_interleaved(t, cfg.num_attention_heads)
             elif arch in ("llama", "mistral") and hf == "self_attn.k_proj.weight":

@@ -93,21 +93,26 @@ ATTN_IMPLS = ("sdpa", "math")
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query self-attention.
+    """Multi-head / grouped-query self-attention, optionally with QK-norm, another score scale
+    (`cfg.query_scale`) and logit soft-capping (`cfg.attn_softcap`).
 
     impl "sdpa" (default) uses `scaled_dot_product_attention` (fused kernels: no N x N matrix is
     kept for backward); "math" is the eager softmax(QK^T/sqrt(d))V the released code uses,
-    kept for benchmarks and as a reference.
+    kept for benchmarks and as a reference. Soft-capping always runs "math" (no fused kernel has it).
     """
 
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.impl = "sdpa"
+        self.scale = (cfg.query_scale or cfg.head_dim) ** -0.5
+        self.softcap = cfg.attn_softcap
         self.q = Linear(cfg.dim, self.n_heads * self.hd, bias=cfg.qkv_bias)
         self.k = Linear(cfg.dim, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.v = Linear(cfg.dim, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.o = Linear(self.n_heads * self.hd, cfg.dim, bias=cfg.out_bias)
+        self.q_norm = RMSNorm(self.hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.hd, cfg.norm_eps) if cfg.qk_norm else None
 
     def qkv(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Project to (B, H, N, hd) queries and (B, H_kv, N, hd) keys/values, rotated if `rope`."""
@@ -115,6 +120,8 @@ class Attention(nn.Module):
         q = self.q(x).view(b, n, self.n_heads, self.hd).transpose(1, 2)
         k = self.k(x).view(b, n, self.n_kv, self.hd).transpose(1, 2)
         v = self.v(x).view(b, n, self.n_kv, self.hd).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
@@ -124,17 +131,31 @@ class Attention(nn.Module):
         """`mask`: bool (B, 1, N, N), True = may attend; `is_causal` only when `mask` is None."""
         q, k, v = self.qkv(x, rope)
         gqa = self.n_kv != self.n_heads
-        if self.impl == "math":
+        if self.impl == "math" or self.softcap is not None:
             if gqa:
                 rep = self.n_heads // self.n_kv
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            out = _math_attention(q, k, v, mask, is_causal)
+            out = self._math(q, k, v, mask, is_causal)
         else:
             # enable_gqa shares each K/V head across its query group inside the kernel instead of
             # materialising repeated copies (measured 1.3-1.7x faster attention on CPU for SmolLM2).
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                                 enable_gqa=gqa)
+                                                 enable_gqa=gqa, scale=self.scale)
         return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+    def scores(self, q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool = False) -> Tensor:
+        """Masked attention logits (B, H, N, N): scaled, soft-capped, -inf where masked."""
+        s = (q @ k.transpose(-1, -2)) * self.scale
+        if self.softcap is not None:
+            s = torch.tanh(s / self.softcap) * self.softcap
+        if mask is None and is_causal:
+            n = q.shape[-2]
+            mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        return s if mask is None else s.masked_fill(~mask, float("-inf"))
+
+    def _math(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+        """Eager attention: materialises the (B, H, N, N) scores and keeps them for backward."""
+        return self.scores(q, k, mask, is_causal).softmax(-1) @ v
 
     def attention_probs(self, x: Tensor, mask: Tensor | None = None,
                         rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -142,21 +163,7 @@ class Attention(nn.Module):
         q, k, _ = self.qkv(x, rope)
         if self.n_kv != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        s = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.hd)
-        if mask is not None:
-            s = s.masked_fill(~mask, float("-inf"))
-        return s.softmax(-1)
-
-
-def _math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
-    """Eager attention: materialises the (B, H, N, N) scores and keeps them for backward."""
-    s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    if mask is None and is_causal:
-        n = q.shape[-2]
-        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    return s.softmax(-1) @ v
+        return self.scores(q.float(), k.float(), mask).softmax(-1)
 
 
 class MLP(nn.Module):
@@ -186,9 +193,10 @@ class Block(nn.Module):
     """A language-model transformer block.
 
     pre-norm:  h = x + Attn(attn_norm(x));  out = h + FFN(ffn_norm(h))
+               (with `cfg.post_norms`, Gemma's: h = x + attn_post_norm(Attn(...)), likewise the FFN)
     post-norm: h = attn_norm(x + Attn(x));  out = ffn_norm(h + FFN(h))
     `attn_half` is an identity whose forward hooks see h (used by the analysis tools).
-    `window` / `use_rope` record what the source layer does under the stack's causal / RoPE modes
+    `window` / `use_rope` / `rope_cfg` record what the source layer does under the stack's causal / RoPE modes
     (set by BlockStack; the stack builds the matching mask and passes RoPE only where used).
     """
 
@@ -196,18 +204,21 @@ class Block(nn.Module):
         super().__init__()
         self.window: int | None = None
         self.use_rope = False
+        self.rope_cfg = cfg  # whose rope_theta / scaling this layer rotates with (BlockStack sets it)
         self.pre_norm = cfg.pre_norm
         self.attn_norm = make_norm(cfg)
         self.attn = Attention(cfg)
         self.ffn_norm = make_norm(cfg)
         self.ffn = MLP(cfg)
+        self.attn_post_norm = make_norm(cfg) if cfg.post_norms else nn.Identity()
+        self.ffn_post_norm = make_norm(cfg) if cfg.post_norms else nn.Identity()
         self.attn_half = nn.Identity()
 
     def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False,
                 rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if self.pre_norm:
-            h = self.attn_half(x + self.attn(self.attn_norm(x), mask, is_causal, rope))
-            return h + self.ffn(self.ffn_norm(h))
+            h = self.attn_half(x + self.attn_post_norm(self.attn(self.attn_norm(x), mask, is_causal, rope)))
+            return h + self.ffn_post_norm(self.ffn(self.ffn_norm(h)))
         h = self.attn_half(self.attn_norm(x + self.attn(x, mask, is_causal, rope)))
         return self.ffn_norm(h + self.ffn(h))
 

@@ -1,7 +1,7 @@
 """Architecture description shared by every block family and every checkpoint reader."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 FAMILIES = ("llama", "opt", "gpt2", "bert")
@@ -12,7 +12,9 @@ class BlockConfig:
     """Shape and flavour of one transformer block of a language model.
 
     `family` picks the block layout:
-      llama: pre-RMSNorm, SwiGLU MLP, grouped-query attention (LLaMA 1/2/3, Mistral, Qwen2, SmolLM2)
+      llama: pre-RMSNorm, gated MLP (SwiGLU; GeGLU for Gemma), grouped-query attention (LLaMA 1/2/3,
+             Mistral, Qwen2/3, SmolLM2/3, Phi-3, Gemma 2/3); the flags below add QK-norm, post-sublayer
+             norms, another attention scale and logit soft-capping
       opt:   pre-LayerNorm (or post-LN when `pre_norm` is False), ReLU MLP, biases
       gpt2:  pre-LayerNorm, GELU(tanh) MLP, biases (Conv1D weights already transposed by the reader)
       bert:  post-LayerNorm, GELU MLP, biases
@@ -33,12 +35,18 @@ class BlockConfig:
     pre_norm: bool = True
     rope_theta: float = 10000.0
     arch: str = ""  # the source's own name (e.g. "qwen2", "mistral"), informational
+    qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Qwen3, Gemma 3)
+    post_norms: bool = False  # a norm after attention and after the MLP, before each residual add (Gemma 2/3)
+    query_scale: float | None = None  # scores scaled by query_scale**-0.5 (Gemma's query_pre_attn_scalar); None = head_dim
+    attn_softcap: float | None = None  # scores -> softcap * tanh(scores / softcap) before the mask (Gemma 2)
     extra: dict[str, Any] = field(default_factory=dict)
     # What the source LM does with positions, so rope="1d" / mask="causal" reproduce it (lm/rope.py):
     rope_scaling: dict[str, Any] | None = None  # rope_type + parameters, transformers' names; None = plain
     rope_key: str = ""  # the source key rope_scaling came from (named in refusals)
     layer_windows: list[int | None] | None = None  # per source layer: causal sliding window, None = full
     layer_rope: list[bool] | None = None  # per source layer: False = the layer applies no RoPE (NoPE)
+    # RoPE of the sliding-window layers where it differs (Gemma 3's local layers): rope_theta, rope_scaling
+    local_rope: dict[str, Any] | None = None
     unsupported: dict[str, str] = field(default_factory=dict)  # "rope"/"causal" -> why it cannot be reproduced
 
     def __post_init__(self) -> None:
@@ -60,6 +68,12 @@ class BlockConfig:
     def layer_window(self, i: int) -> int | None:
         """Sliding-window size of source layer i under its causal mask (None: full causal)."""
         return self.layer_windows[i] if self.layer_windows else None
+
+    def layer_rope_config(self, i: int) -> "BlockConfig":
+        """The config whose rope_theta / rope_scaling source layer i rotates with (see `local_rope`)."""
+        if self.local_rope is None or self.layer_window(i) is None:
+            return self
+        return replace(self, local_rope=None, rope_key=f"{self.rope_key} (sliding layers)", **self.local_rope)
 
     def layer_has_rope(self, i: int) -> bool:
         """Whether source layer i rotates q/k at all (SmolLM3's NoPE layers do not)."""
@@ -99,6 +113,10 @@ class BlockConfig:
         }
         if self.gated:
             s["ffn.gate.weight"] = (self.ffn_dim, self.dim)
+        if self.qk_norm:
+            s.update({"attn.q_norm.weight": (self.head_dim,), "attn.k_norm.weight": (self.head_dim,)})
+        if self.post_norms:
+            s.update({"attn_post_norm.weight": (self.dim,), "ffn_post_norm.weight": (self.dim,)})
         if self.qkv_bias:
             s.update({"attn.q.bias": (q,), "attn.k.bias": (kv,), "attn.v.bias": (kv,)})
         if self.out_bias:

@@ -57,16 +57,22 @@ class BlockStack(nn.Module):
             raise ValueError(f"rope must be one of {ROPES}, got {rope!r}")
         if rope != "none" and cfg.family != "llama":
             raise ValueError(f"rope={rope!r} is only defined for the LLaMA family, not {cfg.family!r}")
-        if rope == "1d":
-            check_rope(cfg)
         if mask == "causal" and cfg.unsupported.get("causal"):
             raise ValueError(f"mask='causal': {cfg.unsupported['causal']}; use mask='none' (the paper's mode)")
         self.cfg, self.mask, self.rope = cfg, mask, rope
         self.layer_indices = list(layer_indices) if layer_indices is not None else list(range(n_blocks))
+        # Gemma 3's sliding layers rotate with their own theta: one shared config (and table) per RoPE
+        local = next((cfg.layer_rope_config(i) for i in self.layer_indices if cfg.layer_rope_config(i) is not cfg),
+                     None)
+        rope_cfgs = {i: cfg if cfg.layer_rope_config(i) is cfg else local for i in self.layer_indices}
+        if rope == "1d":
+            for rc in {id(c): c for c in rope_cfgs.values()}.values():
+                check_rope(rc)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(n_blocks))
         for blk, i in zip(self.layers, self.layer_indices):
             blk.window = cfg.layer_window(i) if mask == "causal" else None
             blk.use_rope = rope == "1d" and cfg.layer_has_rope(i)
+            blk.rope_cfg = rope_cfgs[i]
         self.grad_checkpointing = grad_checkpointing
         self.set_attn_impl(attn)
 
@@ -93,10 +99,13 @@ class BlockStack(nn.Module):
         masks: dict[int | None, Tensor | None] = {}
         for w in {blk.window for blk in self.layers}:
             masks[w] = build_attention_mask(n, causal, padding_mask, x.device, window=w)
-        rope = cos_sin(self.cfg, n, x.device) if any(blk.use_rope for blk in self.layers) else None
+        tables: dict[int, tuple[Tensor, Tensor]] = {}
+        for blk in self.layers:
+            if blk.use_rope and id(blk.rope_cfg) not in tables:
+                tables[id(blk.rope_cfg)] = cos_sin(blk.rope_cfg, n, x.device)
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.layers:
-            args = (masks[blk.window], causal, rope if blk.use_rope else None)
+            args = (masks[blk.window], causal, tables.get(id(blk.rope_cfg)) if blk.use_rope else None)
             if recompute:
                 # Non-reentrant checkpointing also works when no block parameter needs a gradient.
                 x = checkpoint(blk, x, *args, use_reentrant=False)

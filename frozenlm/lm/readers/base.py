@@ -113,6 +113,7 @@ class Reader(ABC):
                 "layers": c.n_layers, "dim": c.dim, "heads": c.n_heads, "kv_heads": c.n_kv_heads,
                 "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "norm_eps": c.norm_eps, "act": c.act,
                 "pre_norm": c.pre_norm, "params_per_block": c.params_per_block(),
+                **{k: getattr(c, k) for k in ("qk_norm", "post_norms", "query_scale", "attn_softcap") if getattr(c, k)},
                 **self._positions_summary()}
 
     def _positions_summary(self) -> dict[str, Any]:
@@ -125,6 +126,9 @@ class Reader(ABC):
         windows = {w for w in (c.layer_windows or []) if w is not None}
         if windows:
             out["sliding_window"] = {w: [i for i in range(c.n_layers) if c.layer_window(i) == w] for w in windows}
+        if c.local_rope:
+            out["sliding_layers_rope"] = {"rope_theta": c.local_rope["rope_theta"],
+                                          "rope_scaling": (c.local_rope["rope_scaling"] or {}).get("rope_type", "none")}
         nope = [i for i in range(c.n_layers) if not c.layer_has_rope(i)]
         if nope:
             out["no_rope_layers"] = nope
@@ -134,8 +138,15 @@ class Reader(ABC):
 
     def canonical_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
         """Canonical name -> shape of layer i's tensors as they will be loaded, from file metadata only."""
+        # The same conversion as reading, on shape-only tensors: no data is read.
         canon = {f: c for c, f in self.layer_keys(i).items()}
-        return {canon[name]: shape for name, shape, _ in self.tensor_info(i)}
+        metas = self._to_canonical({canon[name]: torch.empty(shape, device="meta")
+                                    for name, shape, _ in self.tensor_info(i)})
+        return {c: tuple(t.shape) for c, t in metas.items()}
+
+    def _to_canonical(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """File tensors under canonical names -> the block's layout (fused projections split)."""
+        return split_fused(out, self.config)
 
     def shape_problems(self, i: int, shapes: dict[str, tuple[int, ...]] | None = None) -> list[dict[str, Any]]:
         """Every way layer i's tensors (canonical name -> shape; default: read from the file's
@@ -179,14 +190,33 @@ class Reader(ABC):
         return tensors
 
 
+FUSED = {"attn.q": "attn.qkv", "attn.k": "attn.qkv", "attn.v": "attn.qkv", "ffn.gate": "ffn.gate_up",
+         "ffn.up": "ffn.gate_up"}
+
+
+def split_fused(out: dict[str, Tensor], cfg: BlockConfig) -> dict[str, Tensor]:
+    """Split fused `attn.qkv.*` (rows q, k, v: GPT-2, Phi-3) and `ffn.gate_up.*` (rows gate, up: Phi-3)
+    tensors in place. One whose rows do not add up is left fused, so the shape check names it."""
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    for fused, parts, sizes in (("attn.qkv", "qkv", [q, kv, kv]), ("ffn.gate_up", ("gate", "up"), [cfg.ffn_dim] * 2)):
+        for p in ("weight", "bias"):
+            t = out.get(f"{fused}.{p}")
+            if t is not None and t.shape[0] == sum(sizes):
+                del out[f"{fused}.{p}"]
+                prefix = fused.split(".")[0]
+                out.update({f"{prefix}.{c}.{p}": part for c, part in zip(parts, t.split(sizes, dim=0))})
+    return out
+
+
 def file_name(keys: dict[str, str], canon: str, would_be: str | None = None) -> str:
-    """The file's name for a canonical tensor; q/k/v parts of a fused qkv tensor name the fused one."""
+    """The file's name for a canonical tensor; parts of a fused tensor (qkv, gate_up) name the fused one."""
     if canon in keys:
         return keys[canon]
     if would_be:
         return would_be
-    fused = canon.replace("attn.q.", "attn.qkv.").replace("attn.k.", "attn.qkv.").replace("attn.v.", "attn.qkv.")
-    return f"{keys[fused]} ({canon.split('.')[1]} part)" if fused in keys else canon
+    module, p = canon.rsplit(".", 1)
+    fused = f"{FUSED.get(module, module)}.{p}"
+    return f"{keys[fused]} ({module.split('.')[1]} part)" if fused in keys else canon
 
 
 def check_layer_numbers(path: Path, found: set[int], n_layers: int, pattern: str, count_key: str) -> None:

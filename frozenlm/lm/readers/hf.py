@@ -1,4 +1,7 @@
-"""Hugging Face model directories: config.json + safetensors (sharded or not) or pytorch_model.bin."""
+"""Hugging Face model directories: config.json + safetensors (sharded or not) or pytorch_model.bin.
+
+Multimodal checkpoints (LLaVA, Qwen2-VL, Gemma 3) are read for their language model: its config is
+`text_config`, its layers the ones outside the vision tower (`language_model.` keys)."""
 from __future__ import annotations
 
 import json
@@ -6,15 +9,24 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..config import BlockConfig
 from .base import CheckpointError, Reader, check_exists, check_layer_numbers, read_json, safe_torch_load
 from .hf_positions import layer_facts, rope_facts
 
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "smollm3")
-SUPPORTED = LLAMA_LIKE + ("opt", "gpt2", "bert")
+# model_type -> the block variant it is read as (Qwen2-VL's text model is a Qwen2)
+LLAMA_LIKE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen2_vl_text": "qwen2", "smollm3": "smollm3",
+              "qwen3": "qwen3", "phi3": "phi3", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+MULTIMODAL = ("llava", "qwen2_vl", "gemma3")
+SUPPORTED = (*LLAMA_LIKE, "opt", "gpt2", "bert", *MULTIMODAL)
+GEMMA = ("gemma2", "gemma3")
+# transformers' defaults where config.json may omit the key
+DEFAULT_HEAD_DIM = {"qwen3": 128, "gemma2": 256, "gemma3": 256}
+REFUSED = {"falcon": "Falcon's parallel attention/MLP block (one shared LayerNorm, fused multi-query qkv, ALiBi "
+                     "in some variants) is not one of frozenlm's block layouts",
+           "qwen2_moe": "mixture-of-experts MLPs are not supported", "mixtral": "mixture-of-experts MLPs are not supported",
+           "qwen3_moe": "mixture-of-experts MLPs are not supported"}
 
 # canonical name -> per-layer suffix in the HF state dict
 LLAMA_KEYS = {
@@ -26,7 +38,16 @@ LLAMA_KEYS = {
     "ffn.down.weight": "mlp.down_proj.weight", "ffn.gate.bias": "mlp.gate_proj.bias",
     "ffn.up.bias": "mlp.up_proj.bias", "ffn.down.bias": "mlp.down_proj.bias",
     "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight",
 }
+# Gemma 2/3: post_attention_layernorm is the norm AFTER attention; the MLP has its own pre and post norms.
+GEMMA_KEYS = {**LLAMA_KEYS, "attn_post_norm.weight": "post_attention_layernorm.weight",
+              "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+              "ffn_post_norm.weight": "post_feedforward_layernorm.weight"}
+# Phi-3 fuses q/k/v and gate/up; split on read (readers.base.split_fused).
+PHI3_KEYS = {**{k: v for k, v in LLAMA_KEYS.items() if not k.startswith(("attn.q.", "attn.k.", "attn.v.",
+                                                                           "ffn.gate.", "ffn.up."))},
+             "attn.qkv.weight": "self_attn.qkv_proj.weight", "ffn.gate_up.weight": "mlp.gate_up_proj.weight"}
 OPT_KEYS = {
     **{f"attn.{c}.{p}": f"self_attn.{h}_proj.{p}" for c, h in zip("qkvo", ("q", "k", "v", "out"))
        for p in ("weight", "bias")},
@@ -53,7 +74,7 @@ GPT2_KEYS = {
     "ffn.up.weight": "mlp.c_fc.weight", "ffn.up.bias": "mlp.c_fc.bias",
     "ffn.down.weight": "mlp.c_proj.weight", "ffn.down.bias": "mlp.c_proj.bias",
 }
-LAYER_MARK = {"llama": "self_attn.q_proj.weight", "opt": "self_attn.q_proj.weight",
+LAYER_MARK = {"llama": "self_attn.q_proj.weight", "opt": "self_attn.q_proj.weight", "phi3": "self_attn.qkv_proj.weight",
               "gpt2": "attn.c_attn.weight", "bert": "attention.self.query.weight"}
 ACTS = {"silu": "silu", "swish": "silu", "relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh",
         "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
@@ -65,22 +86,47 @@ def _act(name: str, path: Path) -> str:
     return ACTS[name]
 
 
+def text_config(c: dict[str, Any]) -> dict[str, Any]:
+    """The language model's config of a multimodal config.json, completed with transformers' defaults
+    (a nested text_config holds only the keys that differ from them, e.g. LLaVA-1.5's has no hidden_size)."""
+    from transformers import AutoConfig
+    return AutoConfig.for_model(**c).get_text_config().to_dict()
+
+
 def config_from_hf(c: dict[str, Any], path: Path) -> BlockConfig:
     """BlockConfig from a Hugging Face config.json dict."""
     mt = c.get("model_type")
+    if mt in REFUSED:
+        raise CheckpointError(f"{path}: model_type={mt!r} is not supported: {REFUSED[mt]}")
     if mt not in SUPPORTED:
         raise CheckpointError(f"{path}: unknown architecture model_type={mt!r}; supported: {list(SUPPORTED)}")
+    if mt in MULTIMODAL:
+        text = text_config(c)
+        if text.get("model_type") in MULTIMODAL:
+            raise CheckpointError(f"{path}: the text_config of model_type={mt!r} is itself multimodal")
+        return config_from_hf(text, path)
     try:
         if mt in LLAMA_LIKE:
-            bias = bool(c.get("attention_bias", False)) or mt == "qwen2"
-            rope, layers = rope_facts(c, mt), layer_facts(c, mt, c["num_hidden_layers"])
+            kind = LLAMA_LIKE[mt]
+            bias = bool(c.get("attention_bias", False)) or kind == "qwen2"
+            rope, layers = rope_facts(c, kind), layer_facts(c, kind, c["num_hidden_layers"])
+            gemma = kind in GEMMA
+            act = c.get("hidden_activation") or c.get("hidden_act") or ("gelu_pytorch_tanh" if gemma else "silu")
+            if c.get("use_bidirectional_attention"):
+                layers["unsupported"]["causal"] = "config.json use_bidirectional_attention=true: the source is not causal"
             return BlockConfig(family="llama", arch=mt, dim=c["hidden_size"], n_heads=c["num_attention_heads"],
-                               n_kv_heads=c.get("num_key_value_heads"), head_dim=c.get("head_dim"),
+                               n_kv_heads=c.get("num_key_value_heads"),
+                               head_dim=c.get("head_dim") or DEFAULT_HEAD_DIM.get(kind),
                                ffn_dim=c["intermediate_size"], n_layers=c["num_hidden_layers"],
-                               norm_eps=c.get("rms_norm_eps", 1e-6), act=_act(c.get("hidden_act", "silu"), path),
-                               qkv_bias=bias, out_bias=bool(c.get("attention_bias", False)) and mt != "qwen2",
+                               norm_eps=c.get("rms_norm_eps", 1e-6), act=_act(act, path),
+                               qkv_bias=bias, out_bias=bool(c.get("attention_bias", False)) and kind != "qwen2",
                                mlp_bias=bool(c.get("mlp_bias", False)), rope_theta=rope["rope_theta"],
                                rope_scaling=rope.get("rope_scaling"), rope_key=rope["rope_key"],
+                               local_rope=rope.get("local_rope"),
+                               qk_norm=kind in ("qwen3", "gemma3"), post_norms=gemma,
+                               query_scale=float(c.get("query_pre_attn_scalar", 256)) if gemma else None,
+                               # transformers' Gemma 3 attention ignores attn_logit_softcapping
+                               attn_softcap=c.get("attn_logit_softcapping", 50.0) if kind == "gemma2" else None,
                                layer_windows=layers["layer_windows"], layer_rope=layers["layer_rope"],
                                unsupported={**rope["unsupported"], **layers["unsupported"]})
         if mt == "opt":
@@ -194,17 +240,22 @@ def _index(path: Path) -> Any:
 
 
 class HFReader(Reader):
-    """Reader for a Hugging Face model directory (llama, mistral, qwen2, opt, gpt2, bert)."""
+    """Reader for a Hugging Face model directory (the model types in SUPPORTED)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         cfg_file = self.path / "config.json"
-        self.config = config_from_hf(read_json(cfg_file, "config.json of a Hugging Face model directory"), cfg_file)
+        raw = read_json(cfg_file, "config.json of a Hugging Face model directory")
+        self.config = config_from_hf(raw, cfg_file)
+        self.multimodal = raw.get("model_type") in MULTIMODAL
         self.files = _index(self.path)
         self.format = "hf-safetensors" if isinstance(self.files, _SafetensorsFiles) else "hf-pytorch-bin"
-        family = self.config.family
-        self.keymap = {"llama": LLAMA_KEYS, "opt": OPT_KEYS, "gpt2": GPT2_KEYS, "bert": BERT_KEYS}[family]
-        self.prefix = self._find_prefix(LAYER_MARK[family])
+        c = self.config
+        self.gemma = c.family == "llama" and LLAMA_LIKE[c.arch] in GEMMA
+        variant = "phi3" if c.arch == "phi3" else c.family
+        self.keymap = {"llama": GEMMA_KEYS if self.gemma else LLAMA_KEYS, "phi3": PHI3_KEYS, "opt": OPT_KEYS,
+                       "gpt2": GPT2_KEYS, "bert": BERT_KEYS}[variant]
+        self.prefix = self._find_prefix(LAYER_MARK[variant])
 
     def _find_prefix(self, mark: str) -> str:
         """The text before the layer number (e.g. 'model.layers.'), from every layer's marker key.
@@ -218,7 +269,7 @@ class HFReader(Reader):
         found: dict[str, set[int]] = {}
         for k in self.files.keys():
             m = pat.match(k)
-            if m:
+            if m and not (self.multimodal and re.search(r"(^|\.)(vision\w*|visual)\.", m.group(1))):
                 found.setdefault(m.group(1), set()).add(int(m.group(2)))
         if not found:
             raise CheckpointError(f"{self.path}: no tensor named like '<prefix>N.{mark}' found; the weights do not "
@@ -254,20 +305,13 @@ class HFReader(Reader):
         out = self._to_canonical({canon: self.files.get(key) for canon, key in self.layer_keys(i).items()})
         return {k: v.contiguous() for k, v in out.items()}
 
-    def canonical_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
-        # The same conversion as _read_layer, on shape-only tensors: no data is read.
-        shapes = {c: self.files.info(k)[0] for c, k in self.layer_keys(i).items()}
-        metas = self._to_canonical({c: torch.empty(s, device="meta") for c, s in shapes.items()})
-        return {c: tuple(t.shape) for c, t in metas.items()}
-
     def _to_canonical(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
-        """File tensors -> canonical layout (GPT-2: Conv1D (in, out) transposed, fused qkv split)."""
+        """File tensors -> canonical layout: GPT-2's Conv1D (in, out) transposed, fused tensors split,
+        Gemma's norm weights w stored as the 1 + w they multiply by (as llama.cpp's GGUF files store them)."""
         if self.config.family == "gpt2":
             for name in ("attn.qkv.weight", "attn.o.weight", "ffn.up.weight", "ffn.down.weight"):
                 if name in out:
                     out[name] = out[name].t()
-            for p in ("weight", "bias"):
-                if f"attn.qkv.{p}" in out:
-                    for c, t in zip("qkv", out.pop(f"attn.qkv.{p}").chunk(3, dim=0)):
-                        out[f"attn.{c}.{p}"] = t
-        return out
+        if self.gemma:
+            out.update({k: 1.0 + v.float() for k, v in out.items() if k.endswith("norm.weight")})
+        return super()._to_canonical(out)
