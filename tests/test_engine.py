@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 
 import _engine_fixtures as fx
 from frozenlm.config import make_config
-from frozenlm.engine import (CheckpointError, classification_finalize, evaluate, get_task, latest_checkpoint,
-                             load_checkpoint, topk_sums, train)
+from frozenlm.engine import CheckpointError, evaluate, latest_checkpoint, load_checkpoint, train
 from frozenlm.engine.checkpoint import load_train_state, read_meta
 from frozenlm.engine.data import EpochSampler, SeededDataset
 from frozenlm.engine.optim import base_lr, build_optimizer, lr_at, param_groups
 from frozenlm.engine.train import validate_config
 from frozenlm.layer import frozen_param_names
+from frozenlm.tasks.metrics import classification_finalize, topk_sums
 
 TESTS = Path(__file__).parent
 
@@ -113,7 +113,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     assert r0["metrics"] == r1["metrics"]
 
     single = train(fx.blob_config(tmp_path / "single", *overrides))
-    ref = fx.trainable_state(get_task("test_blobs").model)
+    ref = fx.trainable_state(fx.BUILT["model"])
     for k, v in ref.items():
         torch.testing.assert_close(r0["weights"][k], v, atol=1e-5, rtol=1e-4, msg=k)
     assert r0["metrics"]["loss"] == pytest.approx(single["loss"], abs=1e-4)

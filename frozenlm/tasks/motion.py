@@ -5,21 +5,17 @@ from typing import Any, Callable, Optional
 
 from torch import Tensor, nn
 
-from ..data.motion import MotionDataset, build_motion_dataset, collate_motion
-from ..engine.task import Task, register_task
-from ..models import create_model
-from .motion_metrics import forecast_finalize, forecast_sums, wta_loss
 from ..config import section
+from ..data.motion import MotionDataset, build_motion_dataset, collate_motion
 from ..layer import lm_config_keys
+from ..models import create_model
+from .base import Task, model_kwargs
+from .motion_metrics import forecast_finalize, forecast_sums, wta_loss
 
 
 def motion_model_kwargs(cfg: Any) -> dict[str, Any]:
     """`create_model` arguments from `model:` (name excluded); `future` defaults to data.future."""
-    m = dict(cfg.model)
-    m.pop("name")
-    if m.get("future") is None:
-        m["future"] = int(cfg.data.get("future", 30))
-    return m
+    return model_kwargs(cfg, future=int(cfg.data.get("future", 30)))
 
 
 def _loss_args(cfg: Any) -> tuple[float, float]:
@@ -27,7 +23,6 @@ def _loss_args(cfg: Any) -> tuple[float, float]:
     return float(loss.get("cls_weight", 1.0)), float(loss.get("relax", 0.0))
 
 
-@register_task("motion")
 class MotionForecasting(Task):
     """Predict the focal agent's future (K modes + scores); metrics minADE/minFDE/MR at K=1 and 6."""
 

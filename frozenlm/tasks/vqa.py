@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import section
 from ..data.errors import DropSkipped
 from ..data.vqa import ANSWER_TYPES, build_vqa_dataset
-from ..engine.task import Task, register_task
-from .vl_common import build_vl_model, text_collate, vl_param_groups
-from ..config import section
-from .vl_common import VL_MODEL_KEYS
+from .base import Task
+from .vl_common import VL_MODEL_KEYS, build_vl_model, meter_lr_mults, text_collate
 
 
 def vqa_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -20,7 +19,6 @@ def vqa_loss(logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float()) * target.shape[1]
 
 
-@register_task("vqa")
 class VQATask(Task):
     """Answer classification over a fixed vocabulary with soft targets."""
 
@@ -48,8 +46,8 @@ class VQATask(Task):
     def collate_fn(self, cfg: Any, split: str) -> Callable:
         return DropSkipped(text_collate(cfg))
 
-    def param_groups(self, model: nn.Module, cfg: Any) -> list[dict]:
-        return vl_param_groups(model, cfg)
+    def lr_mults(self, model: nn.Module, cfg: Any) -> dict[str, float]:
+        return meter_lr_mults(cfg)
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
