@@ -107,12 +107,16 @@ def _inspect_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(i) for i in text.split(",") if i.strip()]
+
+
 def _plot_motion_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="frozenlm plot-motion", description="PNG of a motion run's predicted and true trajectories.")
     p.add_argument("run", help="run dir or checkpoint dir of a motion run")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--split", default="val")
-    p.add_argument("--indices", default="0,1,2,3,4,5", help="','-separated scene indices, one panel each")
+    p.add_argument("--indices", default="0,1,2,3,4,5", type=_int_list, help="','-separated scenes, one panel each")
     return p
 
 
@@ -231,11 +235,7 @@ def main_plot_motion(argv: Sequence[str]) -> str:
     """``RUN --out FILE [--split val] [--indices 0,1,2]``: plot a trained motion model's predictions."""
     from .analysis.motion_plot import plot_run
     _, a = parse(["plot-motion", *argv])
-    try:
-        indices = [int(i) for i in a.indices.split(",") if i.strip()]
-    except ValueError:
-        raise ValueError(f"--indices must be ','-separated integers, got {a.indices!r}") from None
-    out = plot_run(a.run, a.out, a.split, indices)
+    out = plot_run(a.run, a.out, a.split, a.indices)
     print(f"wrote {out}")
     return str(out)
 

@@ -1,9 +1,5 @@
-"""Cluttered Fashion-MNIST: items pasted on clutter with exact foreground masks (offline, no storage).
-
-Items are ``(image, label, mask)``: image a float tensor (C, H, W) in [0, 1] (not normalised), label
-an int, mask a uint8 tensor (H, W) with 0 = background, 1 = foreground. ``frozenlm analyze`` scores
-pseudo-masks against the masks; the task ``image_cluttered`` trains on the normalised images.
-"""
+"""Cluttered Fashion-MNIST (offline, exact foreground masks): scored by ``frozenlm analyze``, trained on by
+the task ``image_cluttered``. Items are ``(image in [0, 1], label, mask)``, see frozenlm.analysis.datasets."""
 from __future__ import annotations
 
 import os

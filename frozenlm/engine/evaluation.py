@@ -2,7 +2,6 @@
 hook, on every rank; and ``evaluate(checkpoint)``, the library entry point of ``frozenlm eval``."""
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,20 +12,16 @@ from torch import nn
 
 from frozenlm.config import Config
 from frozenlm.engine import checkpoint as ckpt
-from frozenlm.engine.distributed import (DistInfo, all_reduce_sums, init_distributed, resolve_device,
-                                         shutdown_distributed)
+from frozenlm.engine.distributed import DistInfo, all_reduce_sums, shutdown_distributed
 from frozenlm.engine.ema import ModelEma
-from frozenlm.engine.loaders import task_loader, to_device
-from frozenlm.engine.precision import autocast, check_precision, resolve_precision
+from frozenlm.engine.precision import autocast
+from frozenlm.engine.runtime import start_run, task_loader, to_device
 from frozenlm.engine.rng import preserved_rng
 from frozenlm.engine.task import get_task
 from frozenlm.engine.trained import load_trained
 from frozenlm.tasks.base import EvalContext, Task
 
 __all__ = ["run_eval", "gather_rows", "evaluate"]
-
-# gloo cannot all-gather half-precision tensors; they travel as float32, which holds them exactly.
-_WIDEN = (torch.bfloat16, torch.float16)
 
 
 def gather_rows(x: torch.Tensor, info: DistInfo, device: torch.device) -> list[torch.Tensor]:
@@ -37,12 +32,11 @@ def gather_rows(x: torch.Tensor, info: DistInfo, device: torch.device) -> list[t
     n = torch.tensor([x.shape[0]], device=device)
     sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
     dist.all_gather(sizes, n)
-    wide = x.float() if x.dtype in _WIDEN else x
-    padded = wide.new_zeros((int(max(sizes)), *x.shape[1:]))
-    padded[: len(x)] = wide
+    padded = x.new_zeros((int(max(sizes)), *x.shape[1:]))  # all_gather needs equal shapes
+    padded[: len(x)] = x
     out = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(out, padded)
-    return [o[: int(s)].to(x.dtype) for o, s in zip(out, sizes)]
+    return [o[: int(s)] for o, s in zip(out, sizes)]
 
 
 def run_eval(task: Task, model: nn.Module, loader: Any, cfg: Config, info: DistInfo,
@@ -79,10 +73,7 @@ def evaluate(checkpoint_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
     ``eval_split=test``), load its weights and evaluate; adds ``ema_*`` metrics if ``ema.eval``."""
     path = ckpt.resolve_checkpoint(checkpoint_dir)
     model, cfg = load_trained(path, overrides)
-    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    check_precision(cfg.precision, device)
-    cfg.precision = resolve_precision(cfg.precision, device)
-    info = init_distributed(cfg.distributed.backend, device)
+    info, device = start_run(cfg)
     task = get_task(cfg.task)
     model.to(device)
     ds = task.build_dataset(cfg, cfg.eval_split)

@@ -12,8 +12,7 @@ from typing import Any, Callable, Optional
 from frozenlm.config import KeySchema, engine_schema
 from frozenlm.tasks.base import Task
 
-__all__ = ["Task", "register_task", "get_task", "task_class", "registered_tasks", "primary_metric", "task_schema",
-           "BUILTIN_TASKS"]
+__all__ = ["Task", "register_task", "get_task", "task_class", "registered_tasks", "task_schema", "BUILTIN_TASKS"]
 
 _USER_TASKS: dict[str, type] = {}
 
@@ -64,25 +63,12 @@ def task_class(name: str) -> type:
         mod = importlib.import_module(module)
     except ImportError as e:
         raise ImportError(f"task {name!r} cannot be used: importing {module} failed: {e}") from e
-    if not isinstance(getattr(mod, cls, None), type):
-        raise RuntimeError(f"{module} has no class {cls} (BUILTIN_TASKS[{name!r}])")
     return getattr(mod, cls)
 
 
 def get_task(name: str) -> Task:
     """A new object of the task called ``name``: each run gets its own, so no state leaks between runs."""
     return task_class(name)()
-
-
-def primary_metric(task: Any, task_name: str) -> tuple[str, str]:
-    """``(metric, mode)`` a task declares for choosing the best checkpoint; an error if it declares none."""
-    name, mode = getattr(task, "primary_metric", ""), getattr(task, "primary_mode", "max")
-    if not name:
-        raise ValueError(f"task {task_name!r} declares no primary_metric; set best_metric (and best_mode) in the "
-                         f"config, or give the task class `primary_metric = ...` and `primary_mode = 'max'|'min'`")
-    if mode not in ("max", "min"):
-        raise ValueError(f"task {task_name!r}: primary_mode must be 'max' or 'min', got {mode!r}")
-    return name, mode
 
 
 def task_schema(task_name: Any) -> Optional[KeySchema]:

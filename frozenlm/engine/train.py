@@ -17,16 +17,15 @@ import torch.distributed as dist
 
 from frozenlm.config import Config, ConfigError, check_keys, make_config, unknown_keys_message
 from frozenlm.engine import checkpoint as ckpt
-from frozenlm.engine.distributed import (DistInfo, broadcast_object, init_distributed, resolve_device,
-                                         shutdown_distributed, wrap_ddp)
+from frozenlm.engine.distributed import DistInfo, broadcast_object, shutdown_distributed, wrap_ddp
 from frozenlm.engine.ema import ModelEma
 from frozenlm.engine.evaluation import run_eval
-from frozenlm.engine.loaders import task_loader, to_device
+from frozenlm.engine.runtime import start_run, task_loader, to_device
 from frozenlm.engine.logging import RunLogger
 from frozenlm.engine.optim import base_lr, build_optimizer, schedule_lr, set_lr
-from frozenlm.engine.precision import autocast, check_precision, make_scaler, resolve_precision
+from frozenlm.engine.precision import autocast, make_scaler
 from frozenlm.engine.rng import get_rng_state, seed_all, set_rng_state
-from frozenlm.engine.task import get_task, primary_metric, task_schema
+from frozenlm.engine.task import get_task, task_schema
 from frozenlm.tasks.base import Task
 
 __all__ = ["train", "validate_config", "best_rule"]
@@ -69,17 +68,21 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
 
 def best_rule(cfg: Config, task: Task) -> tuple[str, str]:
     """(metric, mode) that picks ``checkpoints/best``: ``best_metric``/``best_mode`` if set, else the
-    task's declared primary validation metric and its direction."""
+    task's declared primary validation metric (``primary_metric``) and its direction (``primary_mode``)."""
     name, mode = cfg.best_metric, cfg.best_mode
+    declared, task_mode = getattr(task, "primary_metric", ""), getattr(task, "primary_mode", "max")
     if name is None:
-        name, task_mode = primary_metric(task, cfg.task)
-        return name, mode or task_mode
+        if not declared:
+            raise ValueError(f"task {cfg.task!r} declares no primary_metric; set best_metric (and best_mode) in the "
+                             f"config, or give the task class `primary_metric = ...` and `primary_mode = 'max'|'min'`")
+        if task_mode not in ("max", "min"):
+            raise ValueError(f"task {cfg.task!r}: primary_mode must be 'max' or 'min', got {task_mode!r}")
+        return declared, mode or task_mode
     if mode is None:
-        declared = getattr(task, "primary_metric", "")
         if name != declared:
             raise ValueError(f"best_metric={name!r} is not the task's primary metric ({declared or 'none declared'}), "
                              f"so its direction is unknown: set best_mode=max or best_mode=min")
-        mode = getattr(task, "primary_mode", "max")
+        mode = task_mode
     return str(name), mode
 
 
@@ -327,11 +330,8 @@ def train(cfg: Config | Mapping[str, Any]) -> dict[str, float]:
     bad = check_keys(cfg, schema) if schema is not None else []
     if bad:
         raise ConfigError(unknown_keys_message(bad, schema, "config", cfg.task))
-    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    check_precision(cfg.precision, device)
-    cfg.precision = resolve_precision(cfg.precision, device)
     validate_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    info = init_distributed(cfg.distributed.backend, device)
+    info, device = start_run(cfg)
     result = _Trainer(cfg, info, device).run()
     shutdown_distributed(info)  # not in a finally: a barrier after a crash on one rank would hang
     return result

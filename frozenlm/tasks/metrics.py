@@ -5,7 +5,16 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["topk_sums", "classification_finalize", "group_sums", "group_accuracy", "mean_group_accuracy"]
+__all__ = ["sample_count", "topk_sums", "classification_finalize", "group_sums", "group_accuracy",
+           "mean_group_accuracy"]
+
+
+def sample_count(sums: dict[str, torch.Tensor], key: str = "count") -> float:
+    """The summed number of evaluation samples; a clear error when there were none (an empty split)."""
+    n = float(sums[key])
+    if n == 0:
+        raise ValueError("no evaluation samples were seen (empty dataset?)")
+    return n
 
 
 def topk_sums(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5),
@@ -26,9 +35,7 @@ def topk_sums(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1
 
 def classification_finalize(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     """Top-k accuracies in percent (``top1``, ``top5``...) and mean ``loss`` from :func:`topk_sums`."""
-    count = float(sums["count"])
-    if count == 0:
-        raise ValueError("no evaluation samples were seen (empty dataset?)")
+    count = sample_count(sums)
     ks = sorted(int(k[len("correct"):]) for k in sums if k.startswith("correct"))
     out = {f"top{k}": 100.0 * float(sums[f"correct{k}"]) / count for k in ks}
     if "loss_sum" in sums:

@@ -15,16 +15,14 @@ from ..data.pointcloud import build_pointcloud_dataset, sample_points, scale_and
 from ..layer import lm_config_keys
 from ..models import create_model
 from .base import Task, model_kwargs
-from .metrics import group_sums, mean_group_accuracy
+from .metrics import group_sums, mean_group_accuracy, sample_count
 
 __all__ = ["PointCloudClassification", "pointcloud_finalize"]
 
 
 def pointcloud_finalize(sums: dict[str, Tensor]) -> dict[str, float]:
     """OA, mAcc (over classes that occur) and mean loss from summed counts."""
-    count = float(sums["count"])
-    if count == 0:
-        raise ValueError("no evaluation samples were seen (empty dataset?)")
+    count = sample_count(sums)
     out = {"OA": 100.0 * float(sums["correct"]) / count, "mAcc": mean_group_accuracy(sums)}
     if "loss_sum" in sums:
         out["loss"] = float(sums["loss_sum"]) / count
@@ -57,9 +55,6 @@ class PointCloudClassification(Task):
                              f"{n_model}; set data.num_classes (or model.num_classes) to match")
         return ds
 
-    def _num_classes(self, cfg: Any) -> int:
-        return int(cfg.model.get("num_classes") or cfg.data.num_classes)
-
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         points, y = batch
         points = sample_points(points, int(cfg.data.num_points), cfg.data.get("train_fps_points"))
@@ -75,7 +70,7 @@ class PointCloudClassification(Task):
         for _ in range(votes - 1):  # Point-BERT's voting: average logits over scale-and-translate copies
             logits = logits + model(scale_and_translate(points)).float()
         logits = logits / votes
-        n = self._num_classes(cfg)
+        n = int(cfg.model.get("num_classes") or cfg.data.num_classes)
         hit = (logits.argmax(-1) == y).double()
         return {"correct": hit.sum(), "count": torch.tensor(float(len(y)), dtype=torch.float64, device=y.device),
                 **group_sums(hit, y, n), "loss_sum": F.cross_entropy(logits, y, reduction="sum").double()}

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import section
-from ..data.errors import DropSkipped
 from ..data.retrieval import build_retrieval_dataset
-from .base import EvalContext, Task
-from .vl_common import VL_MODEL_KEYS, build_vl_model, meter_lr_mults, text_collate
+from .base import EvalContext
+from .vl_common import VL_MODEL_KEYS, VLTask, build_vl_model, text_collate
 
 KS = (1, 5, 10)
 
@@ -78,7 +77,7 @@ def spread(fn: Callable[[int, int], Tensor], n: int, bs: int, ctx: EvalContext) 
     return torch.cat([chunks[c % ctx.world_size][c // ctx.world_size] for c in range(len(starts))])
 
 
-class RetrievalTask(Task):
+class RetrievalTask(VLTask):
     """ITC + ITM training on (image, caption) pairs; whole-split ranking at evaluation, on any number of ranks."""
 
     primary_metric, primary_mode = "rsum", "max"
@@ -98,12 +97,6 @@ class RetrievalTask(Task):
             return ds
         ds.caption_id = {c: i for i, c in enumerate(sorted(set(ds.texts)))}  # identical captions: positives
         return _WithCaptionId(ds)
-
-    def collate_fn(self, cfg: Any, split: str) -> Callable:
-        return DropSkipped(text_collate(cfg))
-
-    def lr_mults(self, model: nn.Module, cfg: Any) -> dict[str, float]:
-        return meter_lr_mults(cfg)
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         itc, itm = itc_itm_loss(model, batch)

@@ -20,15 +20,13 @@ from ..data.sqa3d import SituatedQADataset, load_samples, vocabularies
 from ..layer import lm_config_keys
 from ..models import create_model
 from .base import Task, model_kwargs
-from .metrics import group_accuracy, group_sums
+from .metrics import group_accuracy, group_sums, sample_count
 
 __all__ = ["SituatedQA", "sqa3d_finalize"]
 
 def sqa3d_finalize(sums: dict[str, Tensor]) -> dict[str, float]:
     """EM@1, EM@10, EM@1 per question type (types that occur), mean loss and unknown-answer count."""
-    count = float(sums["count"])
-    if count == 0:
-        raise ValueError("no evaluation samples were seen (empty dataset?)")
+    count = sample_count(sums)
     out = {"EM@1": 100.0 * float(sums["em1"]) / count, "EM@10": 100.0 * float(sums["em10"]) / count}
     out.update({f"EM@1/{QUESTION_TYPES[i]}": a for i, a in group_accuracy(sums, prefix="type").items()})
     if "loss_sum" in sums and float(sums["known"]) > 0:

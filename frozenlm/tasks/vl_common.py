@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from ..config import section
+from ..data.errors import DropSkipped
 from ..layer import lm_config_keys
 from ..models import create_model
-from .base import model_kwargs
+from .base import Task, model_kwargs
 
 # Module groups of frozenlm.models.meter.METER -> parameter-name prefixes.
 MODULE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -45,6 +46,16 @@ def meter_lr_mults(cfg: Any) -> dict[str, float]:
     if unknown:
         raise ValueError(f"model.lr_mult has unknown groups {sorted(unknown)}; known: {sorted(MODULE_GROUPS)}")
     return {prefix: float(mults[g]) for g, prefixes in MODULE_GROUPS.items() if g in mults for prefix in prefixes}
+
+
+class VLTask(Task):
+    """What the METER tasks share: the tokenising collate (unreadable images dropped) and module LRs."""
+
+    def collate_fn(self, cfg: Any, split: str) -> DropSkipped:
+        return DropSkipped(text_collate(cfg))
+
+    def lr_mults(self, model: nn.Module, cfg: Any) -> dict[str, float]:
+        return meter_lr_mults(cfg)
 
 
 class TextCollate:

@@ -1,6 +1,8 @@
-"""A task's data loaders for one split (global batch split over ranks) and batches moved to the device."""
+"""What training and evaluation runs share around their loops: the process's device and place in the
+process group, a task's loader for one split (the global batch split over ranks), batches on the device."""
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import torch
@@ -8,10 +10,20 @@ from torch.utils.data import DataLoader
 
 from frozenlm.config import Config
 from frozenlm.engine.data import build_loader
-from frozenlm.engine.distributed import DistInfo
+from frozenlm.engine.distributed import DistInfo, init_distributed, resolve_device
+from frozenlm.engine.precision import check_precision, resolve_precision
 from frozenlm.tasks.base import Task
 
-__all__ = ["task_loader", "to_device"]
+__all__ = ["start_run", "task_loader", "to_device"]
+
+
+def start_run(cfg: Config) -> tuple[DistInfo, torch.device]:
+    """This process's place in the torchrun process group (joined if WORLD_SIZE > 1) and its device;
+    ``cfg.precision`` is resolved for the device."""
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    check_precision(cfg.precision, device)
+    cfg.precision = resolve_precision(cfg.precision, device)
+    return init_distributed(cfg.distributed.backend, device), device
 
 
 def task_loader(task: Task, ds: Any, cfg: Config, info: DistInfo, device: torch.device, split: str,
