@@ -316,7 +316,7 @@ def test_retrieval_evaluates_on_two_gloo_processes_as_on_one(tmp_path: Path, ret
     import subprocess
     import sys
     from frozenlm.engine import evaluate
-    run, _ = retrieval_run
+    run, trained = retrieval_run
     over = ["retrieval.fusion_batch=16"]  # 24 images x 5 candidates = 8 chunks per direction, spread over ranks
     tests = Path(__file__).parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")]))
@@ -327,7 +327,7 @@ def test_retrieval_evaluates_on_two_gloo_processes_as_on_one(tmp_path: Path, ret
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     one = evaluate(run, over)
     assert r0 == r1 == one
-    assert one == evaluate(run)  # the chunk size does not change the ranking
+    assert one == pytest.approx({k: trained[k] for k in one})  # one ITM chunk at the end of training: same ranking
 
 
 def test_vl_analysis_stages_and_shape_masks(meter: torch.nn.Module) -> None:
