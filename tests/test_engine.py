@@ -231,6 +231,17 @@ def test_param_groups_weight_decay_and_frozen():
     assert len(opt_params) == sum(p.requires_grad for p in model.parameters())
 
 
+def test_task_lr_mults_multiply_the_config_ones():
+    model = fx.BlobModel()
+    cfg = make_config({"optim": {"lr_mult": {"lm.": 10.0}, "no_decay_lr_mult": 0.1}})
+    mult = {n: g["lr_mult"] for g in param_groups(model, cfg, {"lm.proj_in": 0.5, "lm.": 3.0, "head.weight": 2.0})
+            for n in g["param_names"]}
+    assert mult["lm.proj_in.weight"] == 10.0 * 0.5 and mult["lm.proj_out.weight"] == 10.0 * 3.0  # longest match
+    assert mult["head.weight"] == 2.0 and mult["head.bias"] == pytest.approx(0.1) and mult["fc.weight"] == 1.0
+    opt = build_optimizer(model, cfg, {"head.weight": 2.0})
+    assert sorted(g["lr_mult"] for g in opt.param_groups if "head.weight" in g["param_names"]) == [2.0]
+
+
 def test_model_no_weight_decay_hook_and_lr_scaling():
     model = fx.BlobModel()
     model.no_weight_decay = lambda: {"fc.weight"}

@@ -108,8 +108,8 @@ class RetrievalTask(VLTask):
         top-k candidates is spread over the ranks."""
         ds = ctx.dataset
         n = len(ds.image_texts)
-        if n < ctx.world_size:
-            raise ValueError(f"retrieval evaluation of {n} images cannot be spread over {ctx.world_size} ranks")
+        if n == 0 or n < ctx.world_size:
+            raise ValueError(f"retrieval evaluation needs an image per rank; the split has {n} for {ctx.world_size}")
         index, feats = [], []
         for b in batches:
             index.append(b["index"])
