@@ -97,6 +97,19 @@ class LMLayer(nn.Module):
             for lin in (self.proj_in, self.proj_out):
                 nn.init.trunc_normal_(lin.weight, std=0.02)
 
+    @classmethod
+    def from_spec(cls, dim: int, lm: str | dict[str, Any] | LMLayer | None, **defaults: Any) -> LMLayer:
+        """The ``lm=`` argument of model factories as an LMLayer: None (the baseline), a source string
+        ("smollm2-135m", "~/llama-7b:31"), a dict of LMLayer arguments (over ``defaults``), or a ready LMLayer."""
+        if isinstance(lm, LMLayer):
+            return lm
+        if isinstance(lm, str):
+            lm = {"source": lm}
+        if lm is not None and not isinstance(lm, dict):
+            raise TypeError(f"lm must be None, a source string, a dict or an LMLayer, not {type(lm).__name__}")
+        kw = {**defaults, **(lm or {"variant": "none"})}
+        return cls(dim, variant="none") if kw.get("variant") == "none" else cls(dim, **kw)
+
     @property
     def is_frozen(self) -> bool:
         """True when this layer holds pretrained weights that are not trained (and not checkpointed)."""
@@ -132,20 +145,17 @@ class LMLayer(nn.Module):
         # residual stream), whether or not autocast ran the matmuls in bf16.
         return out.to(x.dtype)
 
+    def frozen_part(self) -> tuple[str, nn.Module] | None:
+        """(attribute name, module) of the frozen weights, or None when nothing is frozen."""
+        return ("blocks", self.blocks) if self.is_frozen and self.blocks is not None else None
+
     def frozen_digest(self) -> str | None:
         """SHA-256 of the frozen tensors (cached), or None when nothing is frozen."""
-        if not self.is_frozen or self.blocks is None:
-            return None
-        # Cache keyed on every tensor's storage and version counter: any in-place change
-        # (load_state_dict, copy_, .to()) invalidates it, so the digest is never stale.
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in self.blocks.state_dict().values())
-        if self._digest is None or self._digest[0] != key:
-            self._digest = (key, tensor_digest(self.blocks))
-        return self._digest[1]
+        return _cached_digest(self, self.blocks) if self.frozen_part() else None
 
     def frozen_reference(self) -> dict[str, Any] | None:
         """What a training checkpoint records instead of the frozen weights."""
-        if not self.is_frozen or self.blocks is None:
+        if not self.frozen_part():
             return None
         dtype = str(self.blocks.layers[0].attn.q.weight.dtype).replace("torch.", "")
         # `source` is where the weights were read (a hint for finding them again); the digest, the
@@ -158,29 +168,73 @@ class LMLayer(nn.Module):
                f"layers={self.layer_indices}, residual={self.residual}"
 
 
-def lm_layers(model: nn.Module) -> dict[str, LMLayer]:
-    """Every LMLayer inside a model, by module path."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, LMLayer)}
+def _cached_digest(owner: nn.Module, module: nn.Module) -> str:
+    """tensor_digest(module), cached on ``owner``. The key holds every tensor's storage and version
+    counter: any in-place change (load_state_dict, copy_, .to()) invalidates it, so it is never stale."""
+    key = tuple((t.data_ptr(), t._version, t.dtype) for t in module.state_dict().values())
+    if owner._digest is None or owner._digest[0] != key:
+        owner._digest = (key, tensor_digest(module))
+    return owner._digest[1]
+
+
+class FrozenModule(nn.Module):
+    """A frozen pretrained module that is not an LM block (e.g. the MiniLM text encoder of SQA3D or METER).
+
+    Held like a frozen LMLayer's blocks: requires_grad False, in the module tree (so ``.to()`` moves
+    it), left out of training checkpoints (:func:`frozen_param_names`) and recorded by source and
+    SHA-256 digest (:func:`frozen_sources`), which loading verifies. It stays in eval mode: a frozen
+    module is a fixed function, so its dropout is off in training too.
+    """
+
+    def __init__(self, module: nn.Module, source: str | Path) -> None:
+        super().__init__()
+        self.module = module.requires_grad_(False).eval()
+        self.source = str(source)
+        self._digest: tuple[tuple, str] | None = None
+
+    def train(self, mode: bool = True) -> FrozenModule:
+        """Set this module's flag; the wrapped module stays in eval mode."""
+        super().train(mode)
+        self.module.eval()
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped module's forward."""
+        return self.module(*args, **kwargs)
+
+    def frozen_part(self) -> tuple[str, nn.Module]:
+        """(attribute name, module) of the frozen weights."""
+        return "module", self.module
+
+    def frozen_digest(self) -> str:
+        """SHA-256 of the wrapped module's tensors (cached)."""
+        return _cached_digest(self, self.module)
+
+    def frozen_reference(self) -> dict[str, Any]:
+        """What a training checkpoint records instead of the frozen weights."""
+        dtype = str(next(self.module.parameters()).dtype).replace("torch.", "")
+        return {"source": self.source, "dtype": dtype, "digest": self.frozen_digest()}
+
+
+def _frozen_holders(model: nn.Module) -> dict[str, LMLayer | FrozenModule]:
+    # remove_duplicate=False: a module shared by two parents is in the state dict under both paths.
+    return {path: m for path, m in model.named_modules(remove_duplicate=False)
+            if isinstance(m, (LMLayer, FrozenModule)) and m.frozen_part() is not None}
 
 
 def frozen_param_names(model: nn.Module) -> set[str]:
-    """state_dict keys that belong to frozen LM blocks (left out of training checkpoints)."""
+    """state_dict keys of frozen LM blocks and FrozenModules (left out of training checkpoints)."""
     names: set[str] = set()
-    for path, m in lm_layers(model).items():
-        if m.is_frozen and m.blocks is not None:
-            pre = f"{path}.blocks." if path else "blocks."
-            names.update(pre + k for k in m.blocks.state_dict())
+    for path, m in _frozen_holders(model).items():
+        child, part = m.frozen_part()
+        pre = f"{path}.{child}." if path else f"{child}."
+        names.update(pre + k for k in part.state_dict())
     return names
 
 
 def frozen_sources(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """{module path: {source, layers, dtype, digest}} for every frozen LMLayer in the model."""
-    out = {}
-    for path, m in lm_layers(model).items():
-        ref = m.frozen_reference()
-        if ref is not None:
-            out[path] = ref
-    return out
+    """{module path: {source, digest, dtype, ...}} for every frozen LMLayer and FrozenModule in the model."""
+    return {path: m.frozen_reference() for path, m in _frozen_holders(model).items()}
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -195,5 +249,5 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"trainable": tr, "frozen": fr, "total": tr + fr}
 
 
-__all__: Sequence[str] = ["LMLayer", "VARIANTS", "count_parameters", "frozen_param_names", "lm_config_keys",
-                          "frozen_sources", "lm_layers", "trainable_parameters"]
+__all__: Sequence[str] = ["FrozenModule", "LMLayer", "VARIANTS", "count_parameters", "frozen_param_names",
+                          "lm_config_keys", "frozen_sources", "trainable_parameters"]

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from frozenlm.data import moving_shapes, pointcloud, pointcloud_shapes, rooms3d, tarshards
-from frozenlm.data import motion_synth
+from frozenlm.data import pointcloud, tarshards
+from frozenlm.data.synthetic import motion as motion_synth, pointcloud as pointcloud_shapes, sqa3d as rooms3d
+from frozenlm.data.synthetic import video as moving_shapes
 from frozenlm.data.motion import build_motion_dataset
 from frozenlm.data.tarshards import TarShardDataset
 

@@ -25,7 +25,6 @@ from frozenlm.data import (
     build_image_transform,
     build_loss,
     build_mixup,
-    build_train_sampler,
     enumerate_imagenet_c,
     get_class_names,
     get_num_classes,
@@ -356,22 +355,3 @@ def test_mixup_soft_targets_and_loss() -> None:
     manual = (0.8 * -logp[torch.arange(5), y] + 0.2 * -logp.mean(-1)).mean()
     assert torch.allclose(ls(logits, y), manual)
     assert isinstance(build_loss({}), torch.nn.CrossEntropyLoss)
-
-
-def test_repeated_aug_sampler() -> None:
-    from timm.data.distributed_sampler import RepeatAugSampler
-
-    data = list(range(10))
-    s0 = build_train_sampler(data, {"repeated_aug": 3}, num_replicas=2, rank=0)
-    s1 = build_train_sampler(data, {"repeated_aug": 3}, num_replicas=2, rank=1)
-    assert isinstance(s0, RepeatAugSampler) and len(s0) == len(s1) == 5
-    i0, i1 = list(s0), list(s1)
-    # The first shuffled index is repeated on both ranks (DeiT's x3 repeated augmentation).
-    assert i0[0] == i0[1] == i1[0]
-    s0.set_epoch(1)
-    fresh = build_train_sampler(data, {"repeated_aug": 3}, num_replicas=2, rank=0)
-    fresh.set_epoch(1)
-    assert list(s0) == list(fresh) and sorted(set(i0) | set(i1)) == sorted(set(i0 + i1))
-    assert build_train_sampler(data, {"repeated_aug": 1}) is None
-    ds_s = build_train_sampler(data, {}, num_replicas=2, rank=1)
-    assert type(ds_s).__name__ == "DistributedSampler" and len(ds_s) == 5

@@ -121,3 +121,13 @@ def test_every_inline_override_names_a_real_key():
                 if DOTTED_OVERRIDE.match(tok) and not _any_task_allows(tok.split("=", 1)[0]):
                     bad.append(f"{doc.name}: {tok}")
     assert not bad, bad
+
+
+def test_readme_snippet_names_work_after_a_bare_import():
+    # README: `frozenlm.models.create_model(...)` and `frozenlm.load_trained(...)` right after `import frozenlm`.
+    import subprocess
+    import sys
+    code = ("import frozenlm; print(frozenlm.models.create_model.__name__, frozenlm.load_trained.__name__, "
+            "frozenlm.LMLayer.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["create_model", "load_trained", "LMLayer"], out.stderr

@@ -11,8 +11,8 @@ import torch
 
 from frozenlm.config import load_config
 from frozenlm.data.motion import (MotionDataError, Scene, build_motion_dataset, collate_motion, read_av1_csv,
-                                  read_av2_scenario, vectorize)
-from frozenlm.data.motion_synth import OBS_STEPS, generate_scene, to_scene, write_scene
+                                  read_av2_scenario, to_scene, vectorize)
+from frozenlm.data.synthetic.motion import OBS_STEPS, generate_scene, write_scene
 from frozenlm.engine import evaluate, train
 from frozenlm.layer import LMLayer
 from frozenlm.models import create_model
@@ -272,6 +272,20 @@ def test_forward_shapes_gradients_and_frozen_block(name: str, smol_blocks) -> No
     assert all(p.grad is None and not p.requires_grad for p in model.lm_layer.blocks.parameters())
     with pytest.raises(ValueError, match="position"):
         create_model(name, lm=None, position="middle")
+
+
+@pytest.mark.parametrize("name", ["vectornet", "mmtransformer"])
+def test_models_take_the_feature_layout_as_an_argument(name: str) -> None:
+    from frozenlm.data.motion import FEATURES
+    from frozenlm.models.vectornet import POLYLINE_FEATURES
+    assert POLYLINE_FEATURES == FEATURES  # the default fits frozenlm.data.motion's vectors
+    batch = collate_motion(list(_batch_pair()))
+    batch["vectors"] = torch.cat([batch["vectors"], torch.ones_like(batch["vectors"][..., :2])], -1)
+    wider = create_model(name, lm=None, future=30, in_dim=FEATURES + 2)
+    assert wider.encoder.layers[0].mlp[0].in_features == FEATURES + 2
+    assert wider(batch)["traj"].shape == (2, 6, 30, 2)
+    with pytest.raises(RuntimeError):
+        create_model(name, lm=None, future=30)(batch)  # the default width refuses 11-wide vectors
 
 
 def test_training_steps_lower_the_loss(smol_blocks) -> None:

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from frozenlm.models.point_ops import (ball_query, farthest_point_sample, fps_knn_group, gather_points, group_points,
+from frozenlm.ops.points import (ball_query, farthest_point_sample, fps_knn_group, gather_points, group_points,
                                        knn)
 
 

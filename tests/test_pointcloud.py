@@ -12,7 +12,7 @@ import torch
 from frozenlm.config import load_config
 from frozenlm.data.pointcloud import (PointCloudDataset, build_pointcloud_dataset, read_h5_clouds, read_modelnet_h5,
                                       read_modelnet_txt, read_scanobjectnn, sample_points, scale_and_translate)
-from frozenlm.data.pointcloud_shapes import SHAPE_CLASSES, generate_shapes, load_or_generate_shapes
+from frozenlm.data.synthetic.pointcloud import SHAPE_CLASSES, generate_shapes, load_or_generate_shapes
 from frozenlm.engine.optim import param_groups
 from frozenlm.engine.train import train
 from frozenlm.layer import LMLayer, count_parameters
@@ -110,13 +110,13 @@ def test_load_pointbert_finetuned_layout(tmp_path: Path, smol) -> None:
     torch.save(ck, tmp_path / "ft.pth")
     dst = tiny(lm=smol)
     rep = load_pointbert_weights(dst, tmp_path / "ft.pth")
-    assert rep == {"missing": [], "unexpected": []}
+    assert rep.missing == [] and rep.unexpected == []
     for k, v in _state(src).items():
         assert torch.equal(dst.state_dict()[k], v), k
     # another class count: the head is dropped and reported missing, the backbone still loads
     other = create_model("point_bert_mini", num_classes=7, **TINY)
     rep = load_pointbert_weights(other, tmp_path / "ft.pth")
-    assert set(rep["missing"]) == {"cls_head_finetune.3.weight", "cls_head_finetune.3.bias"}
+    assert set(rep.missing) == {"cls_head_finetune.3.weight", "cls_head_finetune.3.bias"}
 
 
 def test_load_pointbert_pretraining_layout(tmp_path: Path) -> None:
@@ -129,8 +129,8 @@ def test_load_pointbert_pretraining_layout(tmp_path: Path) -> None:
     dst = create_model("point_bert_mini", num_classes=15, pretrained_path=str(tmp_path / "Point-BERT.pth"), **TINY)
     assert torch.equal(dst.blocks.blocks[1].attn.qkv.weight, src.blocks.blocks[1].attn.qkv.weight)
     rep = load_pointbert_weights(dst, tmp_path / "Point-BERT.pth")
-    assert rep["unexpected"] == ["dvae.codebook", "transformer_k.cls_token", "transformer_q.cls_head.0.weight"]
-    assert rep["missing"] == sorted(k for k in dst.state_dict() if k.startswith("cls_head_finetune."))
+    assert rep.unexpected == ["dvae.codebook", "transformer_k.cls_token", "transformer_q.cls_head.0.weight"]
+    assert rep.missing == sorted(k for k in dst.state_dict() if k.startswith("cls_head_finetune."))
 
 
 def test_load_pointbert_errors(tmp_path: Path) -> None:

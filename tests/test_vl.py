@@ -149,6 +149,24 @@ def test_shapes_gradients_and_frozen_block(meter: torch.nn.Module) -> None:
     assert not any(p.requires_grad for p in m.lm_layer.blocks.parameters())
 
 
+def test_frozen_text_encoder_is_held_out_of_checkpoints_and_a_trainable_one_is_saved() -> None:
+    from frozenlm.engine.checkpoint import model_state_to_save
+    from frozenlm.layer import frozen_param_names, frozen_sources
+    torch.manual_seed(0)
+    frozen = create_model("meter", image={"name": "vit_mini_patch16_64"}, text={"source": "minilm-l6", "num_layers": 1},
+                          lm=None, hidden=64, fusion_layers=1, heads=2, embed_dim=32, freeze_text=True)
+    text_keys = {k for k in frozen.state_dict() if k.startswith("text_encoder.")}
+    assert text_keys and frozen_param_names(frozen) == text_keys
+    assert not text_keys & set(model_state_to_save(frozen))
+    assert list(frozen_sources(frozen)) == ["text_encoder"] and frozen_sources(frozen)["text_encoder"]["source"] == "minilm-l6"
+    col = TextCollate("minilm-l6", 16).tokenize(["a blue circle", "is it red?"])
+    frozen.train()(torch.randn(2, 3, 64, 64), col["input_ids"], col["attention_mask"])["itm_logits"].sum().backward()
+    assert all(p.grad is None for p in frozen.text_encoder.parameters()) and frozen.text_proj.weight.grad is not None
+    trainable = _tiny_meter()
+    assert frozen_param_names(trainable) == set()
+    assert any(k.startswith("text_encoder.encoder.") for k in model_state_to_save(trainable))
+
+
 def test_param_groups_give_adapters_10x_the_image_encoder(meter: torch.nn.Module) -> None:
     cfg = load_config(VQA_CFG)
     m = meter
@@ -163,7 +181,7 @@ def test_param_groups_give_adapters_10x_the_image_encoder(meter: torch.nn.Module
 
 def test_text_encoder_is_minilm_from_the_wheel_offline() -> None:
     from safetensors import safe_open
-    from frozenlm.models.meter import build_text_encoder, resolve_text_dir
+    from frozenlm.models.text import build_text_encoder, resolve_text_dir
     d = resolve_text_dir("minilm-l6")
     assert (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file()
     enc = build_text_encoder("minilm-l6").eval()
@@ -347,7 +365,7 @@ def test_clip_image_tower_loads_from_openai_clip_layout(tmp_path: Path) -> None:
     """An OpenAI-CLIP / open_clip checkpoint (keys visual.*, text tower alongside) loads into a timm CLIP ViT."""
     from safetensors.torch import save_file
     from timm.models.vision_transformer import VisionTransformer
-    from frozenlm.models.checkpoint import load_backbone_weights
+    from frozenlm.models.weights import load_backbone_weights
 
     def tower() -> VisionTransformer:  # CLIP-style: pre-norm, no patch bias, no classifier
         return VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, pre_norm=True,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from .errors import FilePolicy, on_error_policy
 from .folder import CheckedImageFolder
@@ -280,27 +280,3 @@ def get_class_names(ds: Dataset) -> list[str]:
 
         return list(imagenet_wnids())
     return list(getattr(ds, "classes"))
-
-
-def build_train_sampler(dataset: Dataset, cfg_data: Mapping[str, Any], num_replicas: int = 1, rank: int = 0,
-                        shuffle: bool = True, seed: int = 0) -> Sampler | None:
-    """Training sampler: timm ``RepeatAugSampler`` when ``data.repeated_aug`` > 1 (DeiT's x3),
-    ``DistributedSampler`` for several replicas, else ``None`` (let the DataLoader shuffle).
-
-    Call ``sampler.set_epoch(epoch)`` every epoch.  With repeated augmentation each rank
-    gets ~len(dataset)/num_replicas indices per epoch (each image shows up ``repeated_aug``
-    times across ranks), as DeiT's RASampler.
-    """
-    cfg = _data_section(cfg_data)
-    repeats = int(cfg.get("repeated_aug", 1) or 1)
-    if repeats > 1:
-        from timm.data.distributed_sampler import RepeatAugSampler
-
-        # selected_round=0: timm's default (256) would yield an empty epoch on <256 samples.
-        return RepeatAugSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                                num_repeats=repeats, selected_round=int(cfg.get("repeated_aug_round", 0)))
-    if num_replicas > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
-        return DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-    return None

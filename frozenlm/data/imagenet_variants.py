@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -36,8 +35,6 @@ IMAGENET_C_CORRUPTIONS: tuple[str, ...] = (
 IMAGENET_C_EXTRA_CORRUPTIONS: tuple[str, ...] = (
     "speckle_noise", "gaussian_blur", "spatter", "saturate",
 )
-
-_WNID_RE = re.compile(r"^n\d{8}$")
 
 
 def _timm_info_dir() -> Path:
@@ -223,8 +220,3 @@ def summarize_imagenet_c(acc: Mapping[tuple[str, int], float]) -> dict[str, floa
     if out:
         out["mean"] = sum(out.values()) / len(out)
     return out
-
-
-def is_wnid(name: str) -> bool:
-    """True for names shaped like an ImageNet wnid (``n`` + 8 digits)."""
-    return bool(_WNID_RE.match(name))

@@ -16,10 +16,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..models.point_ops import farthest_point_sample, gather_points
+from ..ops.points import farthest_point_sample, gather_points
 from .cache import cache_key, load_or_build
 from .errors import DataFileError, FilePolicy, on_error_policy
-from .pointcloud_shapes import SHAPE_CLASSES, load_or_generate_shapes
+from .synthetic.pointcloud import SHAPE_CLASSES, load_or_generate_shapes
 
 __all__ = ["PointCloudDataset", "SCANOBJECTNN_CLASSES", "SCANOBJECTNN_FILES", "POINTCLOUD_DATASETS",
            "read_h5_clouds", "read_modelnet_txt", "read_modelnet_h5", "read_scanobjectnn", "build_pointcloud_dataset",

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DataFileError, FilePolicy, on_error_policy
-from .rooms3d import QUESTION_TYPES, load_or_generate_rooms
+from .synthetic.sqa3d import QUESTION_TYPES, load_or_generate_rooms
 
 __all__ = ["PAD", "UNK", "tokenize", "question_type", "quaternion_yaw", "build_word_vocab", "build_answer_vocab",
            "read_sqa3d_split", "load_scene_points", "SituatedQADataset", "rooms_to_samples", "load_samples",
@@ -151,7 +151,7 @@ def _scene_points(path: Path) -> np.ndarray:
 
 
 def rooms_to_samples(scenes: list[dict[str, Any]], prefix: str = "room") -> list[dict[str, Any]]:
-    """Flatten generated room records (frozenlm.data.rooms3d) into the sample dicts used here."""
+    """Flatten generated room records (frozenlm.data.synthetic.sqa3d) into the sample dicts used here."""
     out = []
     for i, s in enumerate(scenes):
         for j, q in enumerate(s["questions"]):

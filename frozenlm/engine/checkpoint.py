@@ -7,7 +7,8 @@ Layout::
         latest        (text: "step_0001000")
         best          (text: name of the best step dir)
 
-``model.safetensors`` holds every model tensor EXCEPT the frozen language-model blocks, which are
+``model.safetensors`` holds every model tensor EXCEPT the frozen ones (LM blocks and
+``FrozenModule``s such as a frozen text encoder, see ``frozenlm.layer.frozen_param_names``), which are
 rebuilt from their source; ``meta.json`` records that source (name, layers, digest) so loading
 can refuse a different one. ``train_state.pt`` holds only tensors/numbers/strings/lists/dicts and
 is read with ``weights_only=True`` (no arbitrary unpickling).
@@ -143,7 +144,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def model_state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every state-dict tensor except frozen LM weights, as independent contiguous CPU tensors."""
+    """Every state-dict tensor except frozen weights, as independent contiguous CPU tensors."""
     skip = frozen_param_names(model)
     # clone() breaks storage sharing (tied weights), which safetensors refuses to write.
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items() if k not in skip}
@@ -248,11 +249,11 @@ def _check_frozen_sources(saved: dict[str, dict], current: dict[str, dict], wher
                 moved.append(f"{mod}: {saved[mod].get('source')!r} -> {current[mod].get('source')!r}")
     if problems:
         hint = (f" (the model reads it from {', '.join(moved)})" if moved else "")
-        raise CheckpointError(f"frozen LM block mismatch for {where}:\n  " + "\n  ".join(problems)
-                              + f"\nThe checkpoint was trained with a different frozen block{hint}; build the model "
-                              "with the same LM weights and layers (e.g. model.lm.source=PATH_TO_THE_SAME_LM).")
+        raise CheckpointError(f"frozen weights mismatch for {where}:\n  " + "\n  ".join(problems)
+                              + f"\nThe checkpoint was trained with other frozen weights{hint}; build the model with "
+                              "the same LM/text-encoder weights and layers (e.g. model.lm.source=PATH_TO_THE_SAME_LM).")
     if moved:
-        warnings.warn(f"{where}: frozen LM source path changed ({'; '.join(moved)}); the weights match the "
+        warnings.warn(f"{where}: frozen source path changed ({'; '.join(moved)}); the weights match the "
                       f"checkpoint's digest, layers and architecture, so they are used", stacklevel=3)
 
 

@@ -84,20 +84,18 @@ def wrap_ddp(model: nn.Module, device: torch.device,
     return model, ddp
 
 
-def shutdown_distributed(info: DistInfo, hard_exit: bool = False) -> None:
-    """Barrier + destroy the group we created, flush, and optionally ``os._exit(0)``.
+def shutdown_distributed(info: DistInfo) -> None:
+    """Barrier + destroy the group we created, and flush.
 
-    The hard exit avoids a gloo teardown race seen here (a rank sometimes aborts with
-    "terminate called without an active exception" during interpreter shutdown); only
-    CLI entry points should use it, since it skips atexit handlers.
+    Distributed CLI runs then end with ``os._exit`` (cli.py): it avoids a gloo teardown race seen
+    here (a rank sometimes aborts with "terminate called without an active exception" during
+    interpreter shutdown), and only entry points may skip atexit handlers.
     """
     if info.owns_group and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
-    if hard_exit and info.enabled:
-        os._exit(0)
 
 
 def all_reduce_sums(sums: dict[str, torch.Tensor], info: DistInfo,

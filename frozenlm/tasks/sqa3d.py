@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import section
-from ..data.rooms3d import QUESTION_TYPES
+from ..data.synthetic.sqa3d import QUESTION_TYPES
 from ..data.sqa3d import SituatedQADataset, load_samples, vocabularies
 from ..layer import lm_config_keys
 from ..models import create_model

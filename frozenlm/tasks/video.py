@@ -9,8 +9,7 @@ from torch import Tensor, nn
 from ..config import section
 from ..data import build_loss, build_mixup
 from ..data.transforms import MIXUP_KEYS
-from ..data.video import skip_none_collate
-from ..data.video_sets import build_video_dataset
+from ..data.video import build_video_dataset, skip_none_collate
 from ..layer import lm_config_keys
 from ..models import create_model
 from .base import Task, model_kwargs

@@ -70,7 +70,7 @@ class TextCollate:
         """The Hugging Face tokenizer read from the text encoder's folder (offline)."""
         if self._tok is None:
             from transformers import AutoTokenizer
-            from ..models.meter import resolve_text_dir
+            from ..models.text import resolve_text_dir
             d = resolve_text_dir(self.text_source)
             try:
                 self._tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)

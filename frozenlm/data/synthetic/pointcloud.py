@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from .cache import cache_key, load_or_build
+from ..cache import cache_key, load_or_build
 
 __all__ = ["SHAPE_CLASSES", "ShapeConfig", "generate_shapes", "make_shape_cloud", "load_or_generate_shapes"]
 

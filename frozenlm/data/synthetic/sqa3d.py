@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 from tqdm import tqdm
 
-from .cache import cache_key, load_or_build
+from ..cache import cache_key, load_or_build
 
 __all__ = ["KINDS", "COLORS", "QUESTION_TYPES", "TEMPLATES", "RoomObject", "Agent", "agent_frame", "direction_of",
            "answer", "question_text", "make_room", "sample_room_points", "generate_rooms", "load_or_generate_rooms"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import atomic_dir, build_once, cache_key
+from ..cache import atomic_dir, build_once, cache_key
 
 __all__ = ["CLASSES", "render_clip", "write_mp4", "generate", "default_root"]
 

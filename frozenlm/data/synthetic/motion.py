@@ -21,14 +21,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .cache import atomic_dir
+from ..cache import atomic_dir
 
 GENERATOR_VERSION = 2  # bump when scenes change: caches and scene folders are keyed on it
 OBS_STEPS, TOTAL_STEPS, DT = 50, 110, 0.1  # Argoverse 2: 5 s observed + 6 s future at 10 Hz
 LANE_WIDTH = 3.6
 LAYOUTS = ("intersection", "straight", "curve")
-MANEUVERS = {"intersection": ("straight", "left", "right"), "straight": ("keep", "left", "right"),
-             "curve": ("keep",)}
 
 
 @dataclass
@@ -379,17 +377,3 @@ def generate_split(out_dir: str | Path, n: int, seed: int, progress: bool = True
             write_scene(generate_scene(seed * 1_000_000 + i), out, sid)
         dirs.append(d)
     return dirs
-
-
-def to_scene(scene: dict[str, Any], scene_id: str = "synth") -> "Scene":
-    """A generated scene as a :class:`frozenlm.data.motion.Scene` without the file round trip
-    (lanes are the raw centerlines, not av2's boundary-midpoint resampling)."""
-    from .motion import Scene
-    tracks = scene["tracks"]
-    pos = np.stack([np.where(t["valid"][:, None], t["pos"], np.nan) for t in tracks])
-    valid = np.stack([t["valid"] for t in tracks])
-    focal = [t["id"] for t in tracks].index(scene["focal"])
-    lanes = [scene["lanes"][k] for k in sorted(scene["lanes"])]
-    return Scene(scene_id, pos, valid, focal, OBS_STEPS - 1, [t["type"] for t in tracks],
-                 heading=float(tracks[focal]["heading"][OBS_STEPS - 1]), lanes=[ln.center for ln in lanes],
-                 lane_is_intersection=[ln.is_intersection for ln in lanes])

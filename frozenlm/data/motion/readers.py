@@ -1,0 +1,128 @@
+"""Readers of Argoverse 2 scenario folders and Argoverse 1 forecasting CSVs -> :class:`Scene`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import DataFileError
+from .scene import MotionDataError, Scene
+
+# --- Argoverse 2 -----------------------------------------------------------------------------------
+
+def find_av2_scenarios(root: str | Path) -> list[Path]:
+    """Scenario folders under root (each holds scenario_<id>.parquet and log_map_archive_<id>.json)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Argoverse 2 split folder not found: {root}")
+    dirs = sorted(p.parent for p in root.glob("*/scenario_*.parquet"))
+    if not dirs:
+        raise FileNotFoundError(f"no scenario_*.parquet files under {root}/<scenario_id>/ "
+                                "(expected the Argoverse 2 motion-forecasting layout)")
+    return dirs
+
+
+def read_av2_scenario(folder: str | Path) -> Scene:
+    """Read one AV2 scenario folder with av2's own loaders (scenario parquet + vector map JSON)."""
+    from av2.datasets.motion_forecasting.scenario_serialization import load_argoverse_scenario_parquet
+    from av2.map.map_api import ArgoverseStaticMap
+    folder = Path(folder)
+    pq = sorted(folder.glob("scenario_*.parquet"))
+    maps = sorted(folder.glob("log_map_archive_*.json"))
+    if not pq:
+        raise MotionDataError(f"{folder}: no scenario_*.parquet file")
+    try:
+        sc = load_argoverse_scenario_parquet(pq[0])
+    except Exception as e:  # noqa: BLE001 - pyarrow and av2 raise many types on a corrupt file
+        raise DataFileError(f"{pq[0]}: cannot read the scenario ({type(e).__name__}: {e})", pq[0]) from None
+    n_t = len(sc.timestamps_ns)
+    ids = [t.track_id for t in sc.tracks]
+    if sc.focal_track_id not in ids:
+        raise MotionDataError(f"{pq[0]}: focal track {sc.focal_track_id!r} is not among its {len(ids)} tracks")
+    pos = np.full((len(ids), n_t, 2), np.nan)
+    valid = np.zeros((len(ids), n_t), bool)
+    observed = 0
+    heading = None
+    focal = ids.index(sc.focal_track_id)
+    for a, tr in enumerate(sc.tracks):
+        for st in tr.object_states:
+            if 0 <= st.timestep < n_t:
+                pos[a, st.timestep] = st.position
+                valid[a, st.timestep] = True
+                if st.observed:
+                    observed = max(observed, st.timestep + 1)
+    t0 = observed - 1
+    if t0 < 1:
+        raise MotionDataError(f"{pq[0]}: no observed steps (the 'observed' column is all False)")
+    for st in sc.tracks[focal].object_states:
+        if st.timestep == t0:
+            heading = float(st.heading)
+    scene = Scene(str(sc.scenario_id), pos, valid, focal, t0, [t.object_type.value for t in sc.tracks],
+                  heading=heading, source=str(pq[0]))
+    if maps:
+        try:
+            static_map = ArgoverseStaticMap.from_json(maps[0])
+        except Exception as e:  # noqa: BLE001 - json and av2 raise many types on a corrupt file
+            raise DataFileError(f"{maps[0]}: cannot read the map ({type(e).__name__}: {e})", maps[0]) from None
+        for lid in sorted(static_map.vector_lane_segments):
+            scene.lanes.append(static_map.get_lane_segment_centerline(lid)[:, :2])
+            scene.lane_is_intersection.append(bool(static_map.lane_is_in_intersection(lid)))
+    return scene
+
+
+# --- Argoverse 1 -----------------------------------------------------------------------------------
+
+AV1_COLUMNS = ("TIMESTAMP", "TRACK_ID", "OBJECT_TYPE", "X", "Y", "CITY_NAME")
+
+
+def read_av1_csv(path: str | Path, observed: int = 20,
+                 lanes: Optional[dict[str, list[np.ndarray]]] = None) -> Scene:
+    """Argoverse 1 forecasting CSV (2 s history + 3 s future at 10 Hz); the focal track is OBJECT_TYPE AGENT.
+
+    `lanes`: optional {city name: [centerline (N, 2), ...]} the user exported from the AV1 map
+    (see :func:`load_lane_polylines`); AV1's map API is not on PyPI, so lanes are not read here.
+    """
+    import pandas as pd
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:  # noqa: BLE001 - pandas raises many types on a corrupt file
+        raise DataFileError(f"{path}: cannot read the CSV ({type(e).__name__}: {e})", path) from None
+    missing = [c for c in AV1_COLUMNS if c not in df.columns]
+    if missing:
+        raise MotionDataError(f"{path}: missing columns {missing} (an Argoverse 1 CSV has {list(AV1_COLUMNS)})")
+    times = np.sort(df["TIMESTAMP"].unique())
+    t_index = {t: i for i, t in enumerate(times)}
+    track_ids = list(dict.fromkeys(df["TRACK_ID"].tolist()))
+    row = {t: i for i, t in enumerate(track_ids)}
+    pos = np.full((len(track_ids), len(times), 2), np.nan)
+    valid = np.zeros((len(track_ids), len(times)), bool)
+    ti = df["TIMESTAMP"].map(t_index).to_numpy()
+    ri = df["TRACK_ID"].map(row).to_numpy()
+    pos[ri, ti] = df[["X", "Y"]].to_numpy(float)
+    valid[ri, ti] = True
+    types = [""] * len(track_ids)
+    for tid, typ in zip(df["TRACK_ID"], df["OBJECT_TYPE"]):
+        types[row[tid]] = str(typ)
+    focal_ids = df.loc[df["OBJECT_TYPE"] == "AGENT", "TRACK_ID"].unique()
+    if len(focal_ids) != 1:
+        raise MotionDataError(f"{path}: expected exactly one track with OBJECT_TYPE AGENT, found {len(focal_ids)}")
+    scene = Scene(path.stem, pos, valid, row[focal_ids[0]], observed - 1, types, source=str(path))
+    city = str(df["CITY_NAME"].iloc[0])
+    if lanes is not None:
+        if city not in lanes:
+            raise MotionDataError(f"{path}: city {city!r} not in the lane file (has {sorted(lanes)})")
+        scene.lanes = [np.asarray(c, float)[:, :2] for c in lanes[city]]
+        scene.lane_is_intersection = [False] * len(scene.lanes)
+    return scene
+
+
+def load_lane_polylines(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """Lane centerlines a user exported: JSON {city: [[[x, y], ...], ...]}."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"lane polyline file not found: {p} (JSON {{city: [[[x, y], ...], ...]}})")
+    data = json.loads(p.read_text())
+    return {city: [np.asarray(c, float) for c in lines] for city, lines in data.items()}
