@@ -1,4 +1,4 @@
-"""`frozenlm train|eval|ablate|analyze|bench|inspect|sources|models ...`: the command-line front end.
+"""`frozenlm train|eval|ablate|analyze|bench|inspect|plot-motion|sources|models ...`: the command-line front end.
 
 All argument parsing and exit codes live here; every command calls a library function, so the same
 work is available from Python. `parse(argv)` only parses (the docs test checks every command the
@@ -19,6 +19,7 @@ COMMANDS = {
     "analyze": "analyze CHECKPOINT [CHECKPOINT ...] [data=cluttered|imagenet_s] [root=DIR] [out=DIR] [n=64]",
     "bench": "bench [--model vit_small_patch16_224] [--lm llama-7b] [--batch 8] [--load] [--ckpt] [--json OUT]",
     "inspect": "inspect SOURCE [--layer N] [--json]",
+    "plot-motion": "plot-motion RUN --out FILE [--split val] [--indices 0,1,2]",
     "sources": "sources",
     "models": "models",
 }
@@ -106,13 +107,26 @@ def _inspect_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(i) for i in text.split(",") if i.strip()]
+
+
+def _plot_motion_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="frozenlm plot-motion", description="PNG of a motion run's predicted and true trajectories.")
+    p.add_argument("run", help="run dir or checkpoint dir of a motion run")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--split", default="val")
+    p.add_argument("--indices", default="0,1,2,3,4,5", type=_int_list, help="','-separated scenes, one panel each")
+    return p
+
+
 def _plain_parser(name: str, description: str) -> Callable[[], argparse.ArgumentParser]:
     return lambda: _Parser(prog=f"frozenlm {name}", description=description)
 
 
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "train": _train_parser, "eval": _eval_parser, "ablate": _ablate_parser, "analyze": _analyze_parser,
-    "bench": _bench_parser, "inspect": _inspect_parser,
+    "bench": _bench_parser, "inspect": _inspect_parser, "plot-motion": _plot_motion_parser,
     "sources": _plain_parser("sources", "Named offline sources."),
     "models": _plain_parser("models", "Registered model names."),
 }
@@ -157,7 +171,7 @@ def main_train(argv: Sequence[str]) -> dict[str, float]:
 
 def main_eval(argv: Sequence[str]) -> dict[str, float]:
     """``CHECKPOINT [key=value ...]``: evaluate and print the metrics."""
-    from .engine.train import evaluate
+    from .engine.evaluation import evaluate
     _, a = parse(["eval", *argv])
     metrics = evaluate(a.checkpoint, a.overrides)
     _print_metrics("", metrics)
@@ -217,6 +231,15 @@ def main_inspect(argv: Sequence[str]) -> dict[str, Any]:
     return info
 
 
+def main_plot_motion(argv: Sequence[str]) -> str:
+    """``RUN --out FILE [--split val] [--indices 0,1,2]``: plot a trained motion model's predictions."""
+    from .analysis.motion_plot import plot_run
+    _, a = parse(["plot-motion", *argv])
+    out = plot_run(a.run, a.out, a.split, a.indices)
+    print(f"wrote {out}")
+    return str(out)
+
+
 def main_sources(argv: Sequence[str]) -> None:
     """List the catalog's offline sources."""
     from .lm.catalog import catalog_table
@@ -236,7 +259,7 @@ def main_models(argv: Sequence[str]) -> None:
 
 RUN: dict[str, Callable[[Sequence[str]], Any]] = {
     "train": main_train, "eval": main_eval, "ablate": main_ablate, "analyze": main_analyze, "bench": main_bench,
-    "inspect": main_inspect, "sources": main_sources, "models": main_models,
+    "inspect": main_inspect, "plot-motion": main_plot_motion, "sources": main_sources, "models": main_models,
 }
 
 

@@ -12,12 +12,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from frozenlm.config import make_config
-from frozenlm.engine import classification_finalize, register_task, topk_sums
+from frozenlm.engine import register_task
 from frozenlm.layer import LMLayer
 from frozenlm.lm import BlockConfig, BlockStack
 from frozenlm.lm.block import init_random_
+from frozenlm.tasks.metrics import classification_finalize, topk_sums
 
 N_CLASSES, IN_DIM, TOKENS, DIM = 3, 6, 4, 8
+#: The model of the latest run in this process (each run builds its own task object), for tests to inspect.
+BUILT: dict[str, nn.Module] = {}
 
 
 class BlobDataset(Dataset):
@@ -73,12 +76,10 @@ class BlobTask:
 
     def __init__(self) -> None:
         self.calls = 0
-        self.model: nn.Module | None = None
 
     def build_model(self, cfg: Any) -> nn.Module:
-        self.calls = 0
-        self.model = BlobModel(cfg.data.block_seed, cfg.data.source)  # kept so tests can inspect it
-        return self.model
+        BUILT["model"] = BlobModel(cfg.data.block_seed, cfg.data.source)
+        return BUILT["model"]
 
     def build_dataset(self, cfg: Any, split: str) -> Dataset:
         if split == "train":

@@ -6,13 +6,14 @@ import sys
 import torch
 
 from frozenlm.config import load_config
-from frozenlm.engine import get_task, train
+from frozenlm.engine import train
+from frozenlm.tasks.pointcloud import PointCloudClassification
 
 if __name__ == "__main__":
     out_dir, config, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
-    task, built = get_task("pointcloud"), []
-    build = task.build_model
-    task.build_model = lambda cfg: built.append(build(cfg)) or built[-1]  # keep the model to dump it
+    built, build = [], PointCloudClassification.build_model
+    # Each run builds its own task object: patch the class to keep the model and dump it.
+    PointCloudClassification.build_model = lambda self, cfg: built.append(build(self, cfg)) or built[-1]
     metrics = train(load_config(config, overrides))
     rank = int(os.environ["RANK"])
     state = {k: v.detach().clone() for k, v in built[0].state_dict().items()}

@@ -12,7 +12,8 @@ import torch
 from frozenlm.analysis import (STAGES, MIoUAccumulator, activation_maps, best_iou, capture_features,
                                frequency_activation, iou, magnitude_activation, mask_to_tokens, minmax)
 from frozenlm.analysis.activation import attention_map, to_grid
-from frozenlm.analysis.datasets import ClutteredFashionMNIST, ImageNetS
+from frozenlm.analysis.datasets import ImageNetS
+from frozenlm.data.cluttered import ClutteredFashionMNIST
 from frozenlm.analysis.features import _timm_attention_probs
 from frozenlm.analysis.miou import IGNORE, miou
 from frozenlm.analysis.report import bar_plot, save_overlay, write_table
@@ -338,7 +339,7 @@ def test_analyze_cli_on_trained_checkpoints(tmp_path: Path) -> None:
 
 
 def test_image_cluttered_task_dataset() -> None:
-    from frozenlm.analysis.datasets import cluttered_classification_dataset
+    from frozenlm.data.cluttered import cluttered_classification_dataset
     from frozenlm.engine.task import get_task
 
     assert get_task("image_cluttered") is not None

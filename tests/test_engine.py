@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 
 import _engine_fixtures as fx
 from frozenlm.config import make_config
-from frozenlm.engine import (CheckpointError, classification_finalize, evaluate, get_task, latest_checkpoint,
-                             load_checkpoint, topk_sums, train)
+from frozenlm.engine import CheckpointError, evaluate, latest_checkpoint, load_checkpoint, train
 from frozenlm.engine.checkpoint import load_train_state, read_meta
 from frozenlm.engine.data import EpochSampler, SeededDataset
 from frozenlm.engine.optim import base_lr, build_optimizer, lr_at, param_groups
 from frozenlm.engine.train import validate_config
 from frozenlm.layer import frozen_param_names
+from frozenlm.tasks.metrics import classification_finalize, topk_sums
 
 TESTS = Path(__file__).parent
 
@@ -113,7 +113,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     assert r0["metrics"] == r1["metrics"]
 
     single = train(fx.blob_config(tmp_path / "single", *overrides))
-    ref = fx.trainable_state(get_task("test_blobs").model)
+    ref = fx.trainable_state(fx.BUILT["model"])
     for k, v in ref.items():
         torch.testing.assert_close(r0["weights"][k], v, atol=1e-5, rtol=1e-4, msg=k)
     assert r0["metrics"]["loss"] == pytest.approx(single["loss"], abs=1e-4)
@@ -229,6 +229,17 @@ def test_param_groups_weight_decay_and_frozen():
     opt_params = {id(p) for g in build_optimizer(model, cfg).param_groups for p in g["params"]}
     assert all(id(p) not in opt_params for p in model.lm.blocks.parameters())
     assert len(opt_params) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_task_lr_mults_multiply_the_config_ones():
+    model = fx.BlobModel()
+    cfg = make_config({"optim": {"lr_mult": {"lm.": 10.0}, "no_decay_lr_mult": 0.1}})
+    mult = {n: g["lr_mult"] for g in param_groups(model, cfg, {"lm.proj_in": 0.5, "lm.": 3.0, "head.weight": 2.0})
+            for n in g["param_names"]}
+    assert mult["lm.proj_in.weight"] == 10.0 * 0.5 and mult["lm.proj_out.weight"] == 10.0 * 3.0  # longest match
+    assert mult["head.weight"] == 2.0 and mult["head.bias"] == pytest.approx(0.1) and mult["fc.weight"] == 1.0
+    opt = build_optimizer(model, cfg, {"head.weight": 2.0})
+    assert sorted(g["lr_mult"] for g in opt.param_groups if "head.weight" in g["param_names"]) == [2.0]
 
 
 def test_model_no_weight_decay_hook_and_lr_scaling():

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from frozenlm import LMLayer
 from frozenlm.config import load_config
 from frozenlm.engine.checkpoint import CheckpointError as EngineCheckpointError
-from frozenlm.engine.train import evaluate, train
+from frozenlm.engine import evaluate, train
 from frozenlm.layer import count_parameters, frozen_param_names
 from frozenlm.lm.block import RMSNorm
 from frozenlm.models import create_model

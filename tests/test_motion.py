@@ -13,7 +13,7 @@ from frozenlm.config import load_config
 from frozenlm.data.motion import (MotionDataError, Scene, build_motion_dataset, collate_motion, read_av1_csv,
                                   read_av2_scenario, to_scene, vectorize)
 from frozenlm.data.synthetic.motion import OBS_STEPS, generate_scene, write_scene
-from frozenlm.engine.train import evaluate, train
+from frozenlm.engine import evaluate, train
 from frozenlm.layer import LMLayer
 from frozenlm.models import create_model
 from frozenlm.tasks.motion_metrics import forecast_finalize, forecast_sums, wta_loss
@@ -319,8 +319,8 @@ def test_task_trains_evaluates_and_plots(tmp_path: Path) -> None:
     # the split was cached as one safetensors file and reloads identically
     ds1 = build_motion_dataset(cfg.data, "val")
     assert len(list((tmp_path / "synth").glob("val_*.safetensors"))) == 1 and len(ds1) == 4
-    from frozenlm.tasks.motion_plot import main as plot_main
-    plot_main([str(run), "--out", str(tmp_path / "p.png"), "--indices", "0,1"])
+    from frozenlm.cli import main_plot_motion
+    main_plot_motion([str(run), "--out", str(tmp_path / "p.png"), "--indices", "0,1"])
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
 

@@ -13,6 +13,7 @@ from frozenlm.config import load_config
 from frozenlm.data.pointcloud import (PointCloudDataset, build_pointcloud_dataset, read_h5_clouds, read_modelnet_h5,
                                       read_modelnet_txt, read_scanobjectnn, sample_points, scale_and_translate)
 from frozenlm.data.synthetic.pointcloud import SHAPE_CLASSES, generate_shapes, load_or_generate_shapes
+from frozenlm.engine.optim import param_groups
 from frozenlm.engine.train import train
 from frozenlm.layer import LMLayer, count_parameters
 from frozenlm.lm.load import load_blocks
@@ -326,12 +327,13 @@ def test_recipes_load_and_param_groups() -> None:
     cfg.model.lm.update(source="smollm2-135m", layers=[-1], variant="mlp")  # same adapters, nothing to read
     task = PointCloudClassification()
     model = task.build_model(cfg)
-    groups = {n: (g["lr_mult"], g["weight_decay"]) for g in task.param_groups(model, cfg) for n in g["param_names"]}
+    groups = {n: (g["lr_mult"], g["weight_decay"]) for g in param_groups(model, cfg, task.lr_mults(model, cfg))
+              for n in g["param_names"]}
     assert groups["lm_layer.proj_in.weight"] == (0.5, 0.05)
     assert groups["cls_token"] == (0.1, 0.0) and groups["norm.weight"] == (0.1, 0.0)
     assert groups["blocks.blocks.0.attn.qkv.weight"] == (1.0, 0.05)
     cfg.optim.adapter_lr_mult = None  # baseline recipes: the engine's default groups
-    assert task.param_groups(model, cfg) is None
+    assert task.lr_mults(model, cfg) is None
 
 
 def test_training_lowers_loss(tmp_path: Path) -> None:

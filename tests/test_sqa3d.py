@@ -20,7 +20,6 @@ from frozenlm.data.sqa3d import load_scene_points, question_type, quaternion_yaw
 from frozenlm.engine.optim import lr_at, schedule_lr, step_lr
 from frozenlm.engine.train import train
 from frozenlm.models.sqa3d import SceneEncoder, SQA3DNet
-from frozenlm.tasks import sqa3d as sqa3d_task
 from frozenlm.tasks.sqa3d import SituatedQA, sqa3d_finalize
 from _best import assert_best_checkpoint
 
@@ -331,7 +330,6 @@ def test_training_lowers_loss_frozen_smollm2(tmp_path: Path) -> None:
     assert model.lm_layer.proj_in.weight.grad is not None
     assert all(torch.equal(v, model.lm_layer.blocks.state_dict()[k]) for k, v in frozen.items())
     # the engine runs the task end to end and reports the paper's metrics
-    sqa3d_task._load.cache_clear()
     run_cfg = load_config("configs/sqa3d/rooms_baseline.yaml", [
         *cfg_overrides(cfg), f"run_dir={tmp_path / 'run'}", "max_steps=3", "epochs=1", "progress=false"])
     out = train(run_cfg)

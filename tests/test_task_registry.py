@@ -43,14 +43,18 @@ def test_unknown_task_lists_the_known_ones():
     assert {"image", "video", "pointcloud", "motion", "vqa", "retrieval", "sqa3d"} <= set(registered_tasks())
 
 
-def test_single_process_evaluation_is_refused_before_training_with_several_ranks():
+def test_every_run_gets_a_fresh_task_object_and_user_tasks_must_be_classes():
     import pytest
-    from frozenlm.config import make_config
-    from frozenlm.engine.task import get_task
-    from frozenlm.engine.train import check_eval_world_size
-    task, cfg = get_task("retrieval"), make_config({"task": "retrieval"})
-    with pytest.raises(ValueError, match="eval_every=null"):
-        check_eval_world_size(task, cfg, 2, evaluating=True)
-    check_eval_world_size(task, cfg, 2, evaluating=False)  # training only: fine
-    check_eval_world_size(task, cfg, 1, evaluating=True)
-    check_eval_world_size(get_task("vqa"), make_config({"task": "vqa"}), 4, evaluating=True)
+    from frozenlm.engine import get_task, register_task
+    from frozenlm.engine.task import task_schema
+    a, b = get_task("sqa3d"), get_task("sqa3d")
+    assert type(a) is type(b) and a is not b  # no state shared between runs
+
+    @register_task("test_user_task")
+    class UserTask:
+        primary_metric, config_keys = "acc", ("data.n",)
+
+    assert isinstance(get_task("test_user_task"), UserTask) and get_task("test_user_task") is not get_task("test_user_task")
+    assert task_schema("test_user_task").allows("data.n") and not task_schema("test_user_task").allows("data.m")
+    with pytest.raises(TypeError, match="decorates a task class"):
+        register_task("test_instance")(UserTask())

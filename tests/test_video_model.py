@@ -13,7 +13,8 @@ from frozenlm.layer import count_parameters
 from frozenlm.lm.readers.base import CheckpointError
 from frozenlm.models import create_model
 from frozenlm.models.video_vit import VideoViTLM, load_videomae_weights, sinusoid_table
-from frozenlm.tasks.video import layer_decay_groups
+from frozenlm.engine.optim import param_groups
+from frozenlm.tasks.video import layer_decay_mults
 
 from _video_fixtures import lm_layer
 
@@ -93,7 +94,7 @@ def test_frozen_lm_gradients_and_checkpointing_equivalence() -> None:
 def test_layer_wise_lr_decay_groups() -> None:
     m = _mini(lm=lm_layer("mlp"))
     cfg = load_config("configs/video/shapes_smollm2.yaml")
-    groups = layer_decay_groups(m, cfg, 0.5)
+    groups = param_groups(m, cfg, layer_decay_mults(m, 0.5))
     mult = {n: g["lr_mult"] for g in groups for n in g["param_names"]}
     wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
     depth = 4

@@ -14,7 +14,8 @@ from frozenlm.data.vqa import (VQADataset, accuracy_scores, build_easy_vqa, easy
                                image_transform, normalize_answer, read_easy_vqa, soft_scores, vqa_accuracy)
 from frozenlm.models import create_model
 from frozenlm.tasks.retrieval import RetrievalTask, itc_itm_loss, recall_at_k, rerank
-from frozenlm.tasks.vl_common import TextCollate, vl_param_groups
+from frozenlm.engine.optim import param_groups
+from frozenlm.tasks.vl_common import TextCollate, meter_lr_mults
 from frozenlm.tasks.vqa import VQATask, vqa_loss
 from _best import assert_best_checkpoint
 
@@ -169,13 +170,13 @@ def test_frozen_text_encoder_is_held_out_of_checkpoints_and_a_trainable_one_is_s
 def test_param_groups_give_adapters_10x_the_image_encoder(meter: torch.nn.Module) -> None:
     cfg = load_config(VQA_CFG)
     m = meter
-    groups = vl_param_groups(m, cfg)
+    groups = param_groups(m, cfg, meter_lr_mults(cfg))
     mult = {n: g["lr_mult"] for g in groups for n in g["param_names"]}
     assert mult["lm_layer.proj_in.weight"] == 10 * mult["image_encoder.blocks.0.attn.qkv.weight"]
     assert mult["text_encoder.encoder.layer.0.attention.self.query.weight"] == pytest.approx(0.1)
     assert "text_encoder.embeddings.word_embeddings.weight" not in mult  # frozen in the offline default
     with pytest.raises(ValueError, match="unknown groups"):
-        vl_param_groups(m, load_config(VQA_CFG, ["+model.lr_mult.adapters=3"]))
+        meter_lr_mults(load_config(VQA_CFG, ["+model.lr_mult.adapters=3"]))
 
 
 def test_text_encoder_is_minilm_from_the_wheel_offline() -> None:
@@ -279,7 +280,7 @@ def test_training_steps_lower_both_losses() -> None:
         torch.manual_seed(0)
         m = task.build_model(cfg)
         b = _batch(task, cfg, "train", 16)
-        opt = torch.optim.AdamW(vl_param_groups(m, cfg), lr=1e-3)
+        opt = torch.optim.AdamW(param_groups(m, cfg, meter_lr_mults(cfg)), lr=1e-3)
         losses = []
         for _ in range(8):
             if fn is not None:
@@ -298,25 +299,53 @@ def test_training_steps_lower_both_losses() -> None:
             assert losses[-1][j] < losses[0][j], (type(task).__name__, j, losses)
 
 
-def test_vqa_and_retrieval_train_and_evaluate_through_the_engine(tmp_path: Path) -> None:
-    from frozenlm.engine.train import evaluate, train
+@pytest.fixture(scope="module")
+def retrieval_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny retrieval model trained through the engine (run dir, final metrics)."""
+    from frozenlm.engine import train
+    run = tmp_path_factory.mktemp("vl") / "ret"
+    return run, train(load_config(RET_CFG, TINY + ["data.subset_train=64", "data.subset_val=24", "batch_size=16",
+                                                   "eval_batch_size=10", "retrieval.k_candidates=5",
+                                                   f"run_dir={run}"]))
+
+
+def test_vqa_and_retrieval_train_and_evaluate_through_the_engine(tmp_path: Path, retrieval_run) -> None:
+    from frozenlm.engine import evaluate, train
     v = train(load_config(VQA_CFG, TINY + ["data.subset_train=64", "data.subset_val=32", "batch_size=16",
                                            f"run_dir={tmp_path / 'vqa'}"]))
     assert set(v) >= {"overall", "loss"} and 0.0 <= v["overall"] <= 100.0
-    r = train(load_config(RET_CFG, TINY + ["data.subset_train=64", "data.subset_val=24", "batch_size=16",
-                                           "eval_batch_size=10", "retrieval.k_candidates=5",
-                                           f"run_dir={tmp_path / 'ret'}"]))
+    ret, r = retrieval_run
     assert [k for k in r if k != "train_loss"][:4] == ["rsum", "IR@1", "IR@5", "IR@10"]
     assert all(0 <= r[k] <= 100 for k in ("IR@1", "TR@10")) and r["IR@1"] <= r["IR@5"] <= r["IR@10"]
     assert_best_checkpoint(tmp_path / "vqa", "overall", "max")
-    assert_best_checkpoint(tmp_path / "ret", "rsum", "max")
-    again = evaluate(tmp_path / "ret")  # a fresh task object: the whole ranking is rebuilt
+    assert_best_checkpoint(ret, "rsum", "max")
+    again = evaluate(ret)  # a fresh task object: the whole ranking is rebuilt
     assert again["IR@5"] == pytest.approx(r["IR@5"]) and again["TR@1"] == pytest.approx(r["TR@1"])
     assert json.loads((tmp_path / "vqa" / "metrics.json").read_text())["final"]["overall"] == pytest.approx(v["overall"])
     from frozenlm.cli import main_analyze
     res = main_analyze([str(tmp_path / "vqa"), f"out={tmp_path / 'an'}", "n=8", "figures=1", "batch=8"])
     assert set(res["vqa"]) == {"fused/mag", "fused/freq"}  # baseline: no sandwich stages
     assert all(0.0 <= x <= 1.0 for x in res["vqa"].values()) and (tmp_path / "an" / "vqa" / "overlay_000.png").is_file()
+
+
+def test_retrieval_evaluates_on_two_gloo_processes_as_on_one(tmp_path: Path, retrieval_run) -> None:
+    """Each rank encodes half the images and half the ITM re-scoring chunks; the ranking is the same."""
+    import os
+    import subprocess
+    import sys
+    from frozenlm.engine import evaluate
+    run, trained = retrieval_run
+    over = ["retrieval.fusion_batch=16"]  # 24 images x 5 candidates = 8 chunks per direction, spread over ranks
+    tests = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(tests / "_eval_ddp_script.py"), str(run), str(tmp_path), *over]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    one = evaluate(run, over)
+    assert r0 == r1 == one
+    assert one == pytest.approx({k: trained[k] for k in one})  # one ITM chunk at the end of training: same ranking
 
 
 def test_vl_analysis_stages_and_shape_masks(meter: torch.nn.Module) -> None:

@@ -28,11 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DataFileError, FilePolicy
-from .synthetic.sqa3d import QUESTION_TYPES
+from .errors import DataFileError, FilePolicy, on_error_policy
+from .synthetic.sqa3d import QUESTION_TYPES, load_or_generate_rooms
 
 __all__ = ["PAD", "UNK", "tokenize", "question_type", "quaternion_yaw", "build_word_vocab", "build_answer_vocab",
-           "read_sqa3d_split", "load_scene_points", "SituatedQADataset", "rooms_to_samples"]
+           "read_sqa3d_split", "load_scene_points", "SituatedQADataset", "rooms_to_samples", "load_samples",
+           "vocabularies"]
+
+_ROOMS_SPLITS = {"train": "train_scenes", "val": "val_scenes", "test": "test_scenes"}
 
 PAD, UNK = "<pad>", "<unk>"
 SUFFIX = ("npy", "npz", "pth")
@@ -148,7 +151,7 @@ def _scene_points(path: Path) -> np.ndarray:
 
 
 def rooms_to_samples(scenes: list[dict[str, Any]], prefix: str = "room") -> list[dict[str, Any]]:
-    """Flatten generated room records (frozenlm.data.rooms3d) into the sample dicts used here."""
+    """Flatten generated room records (frozenlm.data.synthetic.sqa3d) into the sample dicts used here."""
     out = []
     for i, s in enumerate(scenes):
         for j, q in enumerate(s["questions"]):
@@ -248,3 +251,47 @@ def drop_bad_scenes(samples: list[dict[str, Any]], scene_dir: Path, on_missing: 
         counts["unreadable_scene"] = sum(s["scene_id"] in unreadable for s in samples)
     kept = [s for s in samples if s["scene_id"] in files]
     return kept, files, counts
+
+
+def load_samples(data_cfg: Any, split: str
+                 ) -> tuple[list[dict[str, Any]], Optional[Callable[[Any], np.ndarray]], dict[str, int]]:
+    """(samples, scene id -> (N, 6) points, skipped counts) of a split of ``data.name`` rooms3d (generated, or
+    read from ``data.cache_dir``) or sqa3d (the release json + ``data.scene_dir``); no samples if the split
+    does not exist."""
+    d = dict(data_cfg)
+    name = d.get("name")
+    if name == "rooms3d":
+        n = d.get(_ROOMS_SPLITS.get(split, ""))
+        if not n:
+            return [], None, {}
+        pts, scenes = load_or_generate_rooms(d.get("cache_dir"), int(n), split, int(d.get("rooms_seed", 0)),
+                                             int(d.get("scene_points", 1024)), int(d.get("min_objects", 3)),
+                                             int(d.get("max_objects", 8)))
+        return rooms_to_samples(scenes), pts.__getitem__, {}
+    if name == "sqa3d":
+        if not d.get("root") or not d.get("scene_dir"):
+            raise ValueError("data.name=sqa3d needs data.root (SQA3D json folder) and data.scene_dir "
+                             "(one <scene_id>.npy/.npz/.pth xyz+rgb file per ScanNet scene)")
+        samples = read_sqa3d_split(d["root"], split)
+        samples, files, skipped = drop_bad_scenes(samples, Path(d["scene_dir"]).expanduser(),
+                                                  d.get("on_missing", "error"), on_error_policy(d))
+        cache: dict[Any, np.ndarray] = {}
+        max_pts = int(d.get("scene_points", 40000))
+
+        def scene(sid: Any) -> np.ndarray:
+            if sid not in cache:  # keep a fixed subset per scene in memory; questions share scenes
+                arr = load_scene_points(files[sid])
+                if len(arr) > max_pts:
+                    arr = arr[np.random.default_rng(0).choice(len(arr), max_pts, replace=False)]
+                cache[sid] = arr
+            return cache[sid]
+        return samples, scene, skipped
+    raise ValueError(f"unknown data.name {name!r} for task sqa3d; use rooms3d (offline) or sqa3d")
+
+
+def vocabularies(train_samples: list[dict[str, Any]], max_answers: Optional[int] = None) -> tuple[list[str], list[str]]:
+    """(words, answers) of the training samples (situations + questions; answers, at most ``max_answers``)."""
+    if not train_samples:
+        raise ValueError("the training split is empty: the word and answer vocabularies come from it")
+    words = build_word_vocab([s["situation"] for s in train_samples] + [s["question"] for s in train_samples])
+    return words, build_answer_vocab([s["answer"] for s in train_samples], max_answers)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -25,15 +25,18 @@ def _lr_mult(name: str, table: dict[str, float]) -> float:
     return float(table[max(hits, key=len)]) if hits else 1.0
 
 
-def param_groups(model: nn.Module, cfg: Any) -> list[dict]:
+def param_groups(model: nn.Module, cfg: Any, task_mults: Optional[Mapping[str, float]] = None) -> list[dict]:
     """Trainable parameters grouped by (weight decay, LR multiplier).
 
     No decay for 1-D tensors (norms, biases) and names matching ``optim.no_weight_decay`` or the
-    model's ``no_weight_decay()``; ``optim.lr_mult`` and ``optim.no_decay_lr_mult`` set LR multipliers.
-    Frozen parameters (``requires_grad=False``) are left out.
+    model's ``no_weight_decay()``. A parameter's LR multiplier is the product of its ``optim.lr_mult``
+    match, ``optim.no_decay_lr_mult`` if it has no decay, and its ``task_mults`` match (a task's
+    ``lr_mults``: adapters, per-module or layer-wise rates); in both tables the longest pattern that
+    starts or occurs in the name wins. Frozen parameters (``requires_grad=False``) are left out.
     """
     skip = _no_decay_names(model, cfg)
     table = dict(cfg.optim.get("lr_mult") or {})
+    task_table = dict(task_mults or {})
     nd_mult = float(cfg.optim.get("no_decay_lr_mult", 1.0) or 1.0)
     wd = float(cfg.optim.weight_decay)
     groups: dict[tuple[float, float], dict] = {}
@@ -41,7 +44,7 @@ def param_groups(model: nn.Module, cfg: Any) -> list[dict]:
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name in skip or any(s in name.split(".") or name.endswith(s) for s in skip)
-        mult = _lr_mult(name, table) * (nd_mult if no_decay else 1.0)
+        mult = _lr_mult(name, table) * (nd_mult if no_decay else 1.0) * _lr_mult(name, task_table)
         key = (0.0 if no_decay else wd, mult)
         g = groups.setdefault(key, {"params": [], "weight_decay": key[0], "lr_mult": mult, "param_names": []})
         g["params"].append(p)
@@ -51,19 +54,14 @@ def param_groups(model: nn.Module, cfg: Any) -> list[dict]:
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, cfg: Any, groups: Optional[list[dict]] = None) -> torch.optim.Optimizer:
-    """AdamW over ``groups`` (default :func:`param_groups`); group LRs are set per step by :func:`set_lr`."""
+def build_optimizer(model: nn.Module, cfg: Any, task_mults: Optional[Mapping[str, float]] = None
+                    ) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`; group LRs are set per step by :func:`set_lr`."""
     name = str(cfg.optim.get("name", "adamw")).lower()
     if name != "adamw":
         raise ValueError(f"unsupported optimizer {name!r}; supported: adamw")
-    groups = groups if groups is not None else param_groups(model, cfg)
-    for g in groups:
-        g.setdefault("lr_mult", 1.0)
-        if any(not p.requires_grad for p in g["params"]):
-            raise ValueError("param_groups contains frozen parameters (requires_grad=False)")
-    lr = base_lr(cfg)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.optim.betas), eps=float(cfg.optim.eps),
-                             weight_decay=float(cfg.optim.weight_decay))
+    return torch.optim.AdamW(param_groups(model, cfg, task_mults), lr=base_lr(cfg), betas=tuple(cfg.optim.betas),
+                             eps=float(cfg.optim.eps), weight_decay=float(cfg.optim.weight_decay))
 
 
 def base_lr(cfg: Any) -> float:
@@ -112,9 +110,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's LR to ``lr * group['lr_mult']``."""
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_mult", 1.0)
-
-
-def trainable_parameters(optimizer: torch.optim.Optimizer) -> Iterable[torch.nn.Parameter]:
-    """All parameters the optimizer updates."""
-    for g in optimizer.param_groups:
-        yield from g["params"]

@@ -1,22 +1,20 @@
 """Task registry: a task supplies model, data, loss and metrics; the engine does the rest.
 
 Built-in tasks are listed by name as ``"module:Class"`` strings and imported only when asked for,
-so the engine imports no task and a broken task module fails loudly for that task alone.
+so the engine imports no task and a broken task module fails loudly for that task alone. User
+tasks join with ``@register_task(name)``. The protocol itself is ``frozenlm.tasks.base.Task``.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any, Callable, Optional
 
-import torch
-from torch import nn
-from torch.utils.data import Dataset
-
 from frozenlm.config import KeySchema, engine_schema
+from frozenlm.tasks.base import Task
 
-__all__ = ["Task", "register_task", "get_task", "registered_tasks", "primary_metric", "task_schema", "BUILTIN_TASKS"]
+__all__ = ["Task", "register_task", "get_task", "task_class", "registered_tasks", "task_schema", "BUILTIN_TASKS"]
 
-_TASKS: dict[str, "Task"] = {}
+_USER_TASKS: dict[str, type] = {}
 
 #: name -> "module:Class" of every task that ships with frozenlm (imported lazily by get_task).
 BUILTIN_TASKS: dict[str, str] = {
@@ -31,98 +29,46 @@ BUILTIN_TASKS: dict[str, str] = {
 }
 
 
-class Task:
-    """Interface a task implements (subclassing is optional; duck typing is enough).
+def register_task(name: str) -> Callable[[type], type]:
+    """Class decorator registering a user task under ``name`` (a registered name wins over a built-in one).
+    The class is instantiated without arguments for every run."""
 
-    ``eval_batch`` returns SUMS (counts, summed losses, per-class vectors...). The engine adds them
-    over batches and all-reduces them over ranks before ``finalize`` turns them into metrics, so
-    metrics are exact regardless of batch size or world size.
-
-    ``primary_metric`` names the validation metric that picks ``checkpoints/best`` when the config
-    sets no ``best_metric``, and ``primary_mode`` says whether higher ("max") or lower ("min") is better.
-    """
-
-    primary_metric: str = ""
-    primary_mode: str = "max"
-    #: Every config key the task reads beyond the engine's (dotted names, ``a.*`` = open mapping).
-    #: Unknown keys are refused; a task that leaves this as None gets its own sections unchecked.
-    config_keys: Optional[tuple[str, ...]] = None
-    #: False when evaluation must see the whole split in one process (retrieval ranks every
-    #: caption against every image); the engine then refuses to evaluate with several ranks.
-    distributed_eval: bool = True
-
-    def build_model(self, cfg: Any) -> nn.Module:
-        """Build the model (frozen LM blocks included) on CPU."""
-        raise NotImplementedError
-
-    def build_dataset(self, cfg: Any, split: str) -> Optional[Dataset]:
-        """Dataset for ``split`` ("train", "val", maybe "test"); ``None`` if the split does not exist."""
-        raise NotImplementedError
-
-    def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> torch.Tensor:
-        """Scalar training loss for one micro-batch (already on the device). Mixup etc. go here."""
-        raise NotImplementedError
-
-    def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, torch.Tensor]:
-        """Per-batch sums (e.g. ``correct1``, ``count``, ``loss_sum``)."""
-        raise NotImplementedError
-
-    def finalize(self, sums: dict[str, torch.Tensor], cfg: Any) -> dict[str, float]:
-        """Turn globally summed values into metrics (``primary_metric`` must be among them)."""
-        raise NotImplementedError
-
-    def collate_fn(self, cfg: Any, split: str) -> Optional[Callable]:
-        """Optional custom collate function; ``None`` = PyTorch's default."""
-        return None
-
-    def param_groups(self, model: nn.Module, cfg: Any) -> Optional[list[dict]]:
-        """Optional optimizer groups (each may carry ``lr_mult``); ``None`` = engine default."""
-        return None
-
-
-def register_task(name: str) -> Callable[[Any], Any]:
-    """Decorator registering a task class (instantiated without arguments) or object under ``name``."""
-
-    def deco(obj: Any) -> Any:
-        _TASKS[name] = obj() if isinstance(obj, type) else obj
-        return obj
+    def deco(cls: type) -> type:
+        if not isinstance(cls, type):
+            raise TypeError(f"register_task({name!r}) decorates a task class (one object is built per run), "
+                            f"got {type(cls).__name__}")
+        _USER_TASKS[name] = cls
+        return cls
 
     return deco
 
 
 def registered_tasks() -> list[str]:
     """Names of all tasks: the built-in ones and any registered by user code."""
-    return sorted(set(_TASKS) | set(BUILTIN_TASKS))
+    return sorted(set(_USER_TASKS) | set(BUILTIN_TASKS))
 
 
-def get_task(name: str) -> Task:
-    """The task registered under ``name``; a clear error lists the known ones.
+def task_class(name: str) -> type:
+    """The class of the task called ``name``; a clear error lists the known ones.
 
     A built-in task's module is imported on first use; its ImportError (a missing optional
     package, a bug) propagates with the task named, instead of turning into "unknown task".
     """
-    if name not in _TASKS and name in BUILTIN_TASKS:
-        module, _, cls = BUILTIN_TASKS[name].partition(":")
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise ImportError(f"task {name!r} cannot be used: importing {module} failed: {e}") from e
-        if name not in _TASKS:
-            raise RuntimeError(f"{module} was imported but did not register task {name!r} (class {cls})")
-    if name not in _TASKS:
+    if name in _USER_TASKS:
+        return _USER_TASKS[name]
+    if name not in BUILTIN_TASKS:
         raise KeyError(f"unknown task {name!r}; known tasks: {registered_tasks()} (set `task:` in the config)")
-    return _TASKS[name]
+    module, _, cls = BUILTIN_TASKS[name].partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"task {name!r} cannot be used: importing {module} failed: {e}") from e
+    return getattr(mod, cls)
 
 
-def primary_metric(task: Any, task_name: str) -> tuple[str, str]:
-    """``(metric, mode)`` a task declares for choosing the best checkpoint; an error if it declares none."""
-    name, mode = getattr(task, "primary_metric", ""), getattr(task, "primary_mode", "max")
-    if not name:
-        raise ValueError(f"task {task_name!r} declares no primary_metric; set best_metric (and best_mode) in the "
-                         f"config, or give the task class `primary_metric = ...` and `primary_mode = 'max'|'min'`")
-    if mode not in ("max", "min"):
-        raise ValueError(f"task {task_name!r}: primary_mode must be 'max' or 'min', got {mode!r}")
-    return name, mode
+def get_task(name: str) -> Task:
+    """A new object of the task called ``name``: each run gets its own, so no state leaks between runs."""
+    return task_class(name)()
 
 
 def task_schema(task_name: Any) -> Optional[KeySchema]:
@@ -130,7 +76,7 @@ def task_schema(task_name: Any) -> Optional[KeySchema]:
     ``None`` when no task is named yet (the config is then checked once it is)."""
     if not task_name:
         return None
-    keys = getattr(get_task(str(task_name)), "config_keys", None)
+    keys = getattr(task_class(str(task_name)), "config_keys", None)
     schema = engine_schema()
     if keys is None:
         import warnings

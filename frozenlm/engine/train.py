@@ -1,8 +1,5 @@
-"""The one training/evaluation loop shared by every task.
-
-``train(cfg)`` and ``evaluate(checkpoint)`` are the library entry points; ``frozenlm.cli`` parses
-``CONFIG [key=value ...]`` for the command line and for ``torchrun -m frozenlm.cli train``.
-"""
+"""The one training loop shared by every task: ``train(cfg)``, the library entry point of ``frozenlm train``
+(``frozenlm.cli`` parses the command line; evaluation lives in ``frozenlm.engine.evaluation``)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,26 +10,25 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from frozenlm.config import Config, ConfigError, check_keys, make_config, unknown_keys_message
 from frozenlm.engine import checkpoint as ckpt
-from frozenlm.engine.data import build_loader
-from frozenlm.engine.distributed import (DistInfo, all_reduce_sums, broadcast_object, init_distributed,
-                                         resolve_device, shutdown_distributed, wrap_ddp)
+from frozenlm.engine.distributed import DistInfo, broadcast_object, shutdown_distributed, wrap_ddp
 from frozenlm.engine.ema import ModelEma
+from frozenlm.engine.evaluation import run_eval
+from frozenlm.engine.runtime import start_run, task_loader, to_device
 from frozenlm.engine.logging import RunLogger
-from frozenlm.engine.optim import base_lr, build_optimizer, param_groups, schedule_lr, set_lr
-from frozenlm.engine.precision import autocast, check_precision, make_scaler, resolve_precision
-from frozenlm.engine.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
-from frozenlm.engine.task import Task, get_task, primary_metric, task_schema
-from frozenlm.engine.trained import load_trained
+from frozenlm.engine.optim import base_lr, build_optimizer, schedule_lr, set_lr
+from frozenlm.engine.precision import autocast, make_scaler
+from frozenlm.engine.rng import get_rng_state, seed_all, set_rng_state
+from frozenlm.engine.task import get_task, task_schema
+from frozenlm.tasks.base import Task
 
-__all__ = ["train", "evaluate", "run_eval", "validate_config", "to_device"]
+__all__ = ["train", "validate_config", "best_rule"]
 
 
 def _version() -> str:
@@ -70,72 +66,24 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
 
 
-def check_eval_world_size(task: Task, cfg: Config, world_size: int, evaluating: bool) -> None:
-    """Fail before any training when a task that evaluates in one process would be evaluated by several."""
-    if evaluating and world_size > 1 and not getattr(task, "distributed_eval", True):
-        raise ValueError(f"task {cfg.task!r} evaluates the whole split in one process, but this run has {world_size} "
-                         f"ranks: train with eval_every=null and evaluate the checkpoint afterwards with one process "
-                         f"(frozenlm eval RUN_DIR)")
-
-
 def best_rule(cfg: Config, task: Task) -> tuple[str, str]:
     """(metric, mode) that picks ``checkpoints/best``: ``best_metric``/``best_mode`` if set, else the
-    task's declared primary validation metric and its direction."""
+    task's declared primary validation metric (``primary_metric``) and its direction (``primary_mode``)."""
     name, mode = cfg.best_metric, cfg.best_mode
+    declared, task_mode = getattr(task, "primary_metric", ""), getattr(task, "primary_mode", "max")
     if name is None:
-        name, task_mode = primary_metric(task, cfg.task)
-        return name, mode or task_mode
+        if not declared:
+            raise ValueError(f"task {cfg.task!r} declares no primary_metric; set best_metric (and best_mode) in the "
+                             f"config, or give the task class `primary_metric = ...` and `primary_mode = 'max'|'min'`")
+        if task_mode not in ("max", "min"):
+            raise ValueError(f"task {cfg.task!r}: primary_mode must be 'max' or 'min', got {task_mode!r}")
+        return declared, mode or task_mode
     if mode is None:
-        declared = getattr(task, "primary_metric", "")
         if name != declared:
             raise ValueError(f"best_metric={name!r} is not the task's primary metric ({declared or 'none declared'}), "
                              f"so its direction is unknown: set best_mode=max or best_mode=min")
-        mode = getattr(task, "primary_mode", "max")
+        mode = task_mode
     return str(name), mode
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor in a (nested) batch to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        moved = [to_device(v, device) for v in batch]
-        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
-    return batch
-
-
-def run_eval(task: Task, model: nn.Module, loader: Any, cfg: Config, info: DistInfo,
-             device: torch.device) -> dict[str, float]:
-    """Sum ``task.eval_batch`` over the loader and all ranks, then ``task.finalize``."""
-    sums: dict[str, torch.Tensor] = {}
-    was_training = model.training
-    model.eval()
-    loader.sampler.set_epoch(0)
-    with preserved_rng(), torch.no_grad():
-        for batch in loader:
-            with autocast(cfg.precision, device):
-                out = task.eval_batch(model, to_device(batch, device), cfg)
-            for k, v in out.items():
-                v = torch.as_tensor(v).detach().to(device)
-                v = v.double() if v.is_floating_point() else v.long()
-                sums[k] = sums[k] + v if k in sums else v
-    model.train(was_training)
-    sums = all_reduce_sums(sums, info, device)
-    return dict(task.finalize({k: v.cpu() for k, v in sums.items()}, cfg))
-
-
-def _loader(task: Task, ds: Any, cfg: Config, info: DistInfo, device: torch.device, split: str, train: bool):
-    if train:
-        gb, micro = cfg.batch_size, cfg.batch_size // (info.world_size * cfg.accum_steps)
-    else:
-        gb = cfg.eval_batch_size or cfg.batch_size
-        micro = max(1, gb // info.world_size)
-    return build_loader(ds, global_batch=gb, micro_batch=micro, rank=info.rank, world_size=info.world_size,
-                        seed=cfg.seed, shuffle=train, drop_last=train, num_workers=cfg.num_workers,
-                        collate_fn=task.collate_fn(cfg, split) if hasattr(task, "collate_fn") else None,
-                        pin_memory=device.type == "cuda", repeats=int(cfg.repeated_aug or 1) if train else 1)
 
 
 def _gather_rng(info: DistInfo) -> list[dict]:
@@ -169,7 +117,6 @@ class _Trainer:
     def __init__(self, cfg: Config, info: DistInfo, device: torch.device) -> None:
         self.cfg, self.info, self.device = cfg, info, device
         self.task = get_task(cfg.task)
-        check_eval_world_size(self.task, cfg, info.world_size, cfg.eval_every is not None)
         self.run_dir = _run_dir(cfg, info)
         cfg.run_dir = str(self.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -190,8 +137,8 @@ class _Trainer:
         self.stop = min(self.total, cfg.max_steps) if cfg.max_steps else self.total
         self.warmup = int(round(float(cfg.optim.warmup_epochs) * self.spe))
 
-        groups = self.task.param_groups(self.model, cfg) if hasattr(self.task, "param_groups") else None
-        self.optimizer = build_optimizer(self.model, cfg, groups if groups is not None else param_groups(self.model, cfg))
+        mults = self.task.lr_mults(self.model, cfg) if hasattr(self.task, "lr_mults") else None
+        self.optimizer = build_optimizer(self.model, cfg, mults)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.peak_lr = base_lr(cfg)
         self.scaler = make_scaler(cfg.precision, device)
@@ -211,8 +158,8 @@ class _Trainer:
         self.ddp = None
         if info.enabled:  # BatchNorm becomes synchronised: N processes train the model 1 process does
             self.model, self.ddp = wrap_ddp(self.model, device, bool(cfg.distributed.find_unused_parameters))
-        self.train_loader = _loader(self.task, self.train_ds, cfg, info, device, "train", True)
-        self.val_loader = (_loader(self.task, self.val_ds, cfg, info, device, cfg.eval_split, False)
+        self.train_loader = task_loader(self.task, self.train_ds, cfg, info, device, "train", True)
+        self.val_loader = (task_loader(self.task, self.val_ds, cfg, info, device, cfg.eval_split, False)
                            if self.val_ds is not None else None)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -383,39 +330,8 @@ def train(cfg: Config | Mapping[str, Any]) -> dict[str, float]:
     bad = check_keys(cfg, schema) if schema is not None else []
     if bad:
         raise ConfigError(unknown_keys_message(bad, schema, "config", cfg.task))
-    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    check_precision(cfg.precision, device)
-    cfg.precision = resolve_precision(cfg.precision, device)
     validate_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    info = init_distributed(cfg.distributed.backend, device)
+    info, device = start_run(cfg)
     result = _Trainer(cfg, info, device).run()
     shutdown_distributed(info)  # not in a finally: a barrier after a crash on one rank would hang
     return result
-
-
-def evaluate(checkpoint_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
-    """Rebuild the model from a checkpoint's saved config (plus ``overrides``, e.g.
-    ``eval_split=test``), load its weights and evaluate; adds ``ema_*`` metrics if ``ema.eval``."""
-    path = ckpt.resolve_checkpoint(checkpoint_dir)
-    model, cfg = load_trained(path, overrides)
-    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    check_precision(cfg.precision, device)
-    cfg.precision = resolve_precision(cfg.precision, device)
-    info = init_distributed(cfg.distributed.backend, device)
-    task = get_task(cfg.task)
-    check_eval_world_size(task, cfg, info.world_size, True)
-    model.to(device)
-    ds = task.build_dataset(cfg, cfg.eval_split)
-    if ds is None:
-        raise ValueError(f"task {cfg.task!r} has no {cfg.eval_split!r} split")
-    loader = _loader(task, ds, cfg, info, device, cfg.eval_split, False)
-    metrics = run_eval(task, model, loader, cfg, info, device)
-    if cfg.ema.eval:
-        state = ckpt.load_train_state(path)
-        if state.get("ema"):
-            ema = ModelEma(model, cfg.ema.decay or 0.5)
-            ema.load_state_dict(state["ema"], where=str(path))
-            with ema.swapped_in(model):
-                metrics.update({f"ema_{k}": v for k, v in run_eval(task, model, loader, cfg, info, device).items()})
-    shutdown_distributed(info)
-    return metrics

@@ -1,38 +1,23 @@
 """Image classification: ViT + LMLayer on ImageNet-style data or the offline Fashion-MNIST default."""
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-import bisect
-
 from torch.utils.data import Dataset
 
+from ..config import section
 from ..data import build_image_dataset, build_loss, build_mixup, get_num_classes, mask_logits
 from ..data.errors import DropSkipped
 from ..data.imagenet_variants import ImageNetCConcat, summarize_imagenet_c
-from ..engine.classification import classification_finalize, topk_sums
-from ..engine.task import Task, register_task
-from ..models import create_model
-from ..config import section
 from ..data.transforms import MIXUP_KEYS
 from ..layer import lm_config_keys
-
-
-def model_kwargs(cfg: Any) -> dict[str, Any]:
-    """Arguments of `create_model` from the config's `model:` section (name excluded)."""
-    m = dict(cfg.model)
-    m.pop("name")
-    if m.get("num_classes") is None:
-        m["num_classes"] = cfg.data.get("num_classes") or 1000
-    if cfg.data.get("in_chans") and m.get("in_chans") is None:
-        m["in_chans"] = cfg.data.in_chans
-    if cfg.data.get("img_size") and m.get("img_size") is None:
-        m["img_size"] = cfg.data.img_size
-    return m
+from ..models import create_model
+from .base import Task, model_kwargs
+from .metrics import classification_finalize, group_accuracy, group_sums, topk_sums
 
 
 class PartTagged(Dataset):
@@ -59,7 +44,6 @@ VIT_MODEL_KEYS = (
 )
 
 
-@register_task("image")
 class ImageClassification(Task):
     """ViT(+LMLayer) classifier; top-1/top-5, 200-class logit masking for ImageNet-A/R."""
 
@@ -80,9 +64,9 @@ class ImageClassification(Task):
         self._c_parts: list[tuple[str, int]] | None = None
 
     def build_model(self, cfg: Any) -> nn.Module:
-        # The task object is shared across runs in one process (ablations): drop per-run state.
-        self._mixup, self._loss, self._class_indices, self._c_parts = None, None, None, None
-        return create_model(cfg.model.name, **model_kwargs(cfg))
+        return create_model(cfg.model.name, **model_kwargs(cfg, num_classes=cfg.data.get("num_classes") or 1000,
+                                                            in_chans=cfg.data.get("in_chans") or None,
+                                                            img_size=cfg.data.get("img_size") or None))
 
     def build_dataset(self, cfg: Any, split: str) -> Any:
         ds = build_image_dataset(cfg.data, split)
@@ -119,16 +103,12 @@ class ImageClassification(Task):
             logits = mask_logits(logits, self._class_indices.to(logits.device))
         sums = topk_sums(logits, y, ks=(1, 5), loss=F.cross_entropy(logits, y, reduction="none"))
         if part and self._c_parts is not None:
-            n = len(self._c_parts)
-            hit = (logits.argmax(-1) == y).double()
-            sums["c_correct"] = torch.zeros(n, dtype=torch.float64, device=y.device).index_add_(0, part[0], hit)
-            sums["c_count"] = torch.bincount(part[0], minlength=n).double()
+            sums.update(group_sums(logits.argmax(-1) == y, part[0], len(self._c_parts), prefix="c"))
         return sums
 
     def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
         out = classification_finalize({k: v for k, v in sums.items() if not k.startswith("c_")})
         if "c_correct" in sums and self._c_parts is not None:
-            acc = {p: 100.0 * float(c) / float(n) for p, c, n in zip(self._c_parts, sums["c_correct"], sums["c_count"])
-                   if float(n) > 0}
+            acc = {self._c_parts[i]: a for i, a in group_accuracy(sums, prefix="c").items()}
             out.update({f"imagenet_c/{k}": v for k, v in summarize_imagenet_c(acc).items()})
         return out

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..analysis.datasets import cluttered_classification_dataset
-from ..engine.task import register_task
 from ..config import section
+from ..data.cluttered import cluttered_classification_dataset
 from ..data.transforms import MIXUP_KEYS
 from .image import VIT_MODEL_KEYS, ImageClassification
 
 
-@register_task("image_cluttered")
 class ClutteredImageClassification(ImageClassification):
     """ViT(+LMLayer) classifying the pasted Fashion-MNIST item of a cluttered image."""
 

@@ -5,21 +5,17 @@ from typing import Any, Callable, Optional
 
 from torch import Tensor, nn
 
-from ..data.motion import MotionDataset, build_motion_dataset, collate_motion
-from ..engine.task import Task, register_task
-from ..models import create_model
-from .motion_metrics import forecast_finalize, forecast_sums, wta_loss
 from ..config import section
+from ..data.motion import MotionDataset, build_motion_dataset, collate_motion
 from ..layer import lm_config_keys
+from ..models import create_model
+from .base import Task, model_kwargs
+from .motion_metrics import forecast_finalize, forecast_sums, wta_loss
 
 
-def motion_model_kwargs(cfg: Any) -> dict[str, Any]:
-    """`create_model` arguments from `model:` (name excluded); `future` defaults to data.future."""
-    m = dict(cfg.model)
-    m.pop("name")
-    if m.get("future") is None:
-        m["future"] = int(cfg.data.get("future", 30))
-    return m
+def _future(cfg: Any) -> Any:
+    """Forecast length: model.future, or data.future (30) when it is null."""
+    return int(cfg.data.get("future", 30)) if cfg.model.get("future") is None else cfg.model.future
 
 
 def _loss_args(cfg: Any) -> tuple[float, float]:
@@ -27,7 +23,6 @@ def _loss_args(cfg: Any) -> tuple[float, float]:
     return float(loss.get("cls_weight", 1.0)), float(loss.get("relax", 0.0))
 
 
-@register_task("motion")
 class MotionForecasting(Task):
     """Predict the focal agent's future (K modes + scores); metrics minADE/minFDE/MR at K=1 and 6."""
 
@@ -42,13 +37,13 @@ class MotionForecasting(Task):
     )
 
     def build_model(self, cfg: Any) -> nn.Module:
-        return create_model(cfg.model.name, **motion_model_kwargs(cfg))
+        return create_model(cfg.model.name, **model_kwargs(cfg, future=_future(cfg)))
 
     def build_dataset(self, cfg: Any, split: str) -> Optional[MotionDataset]:
         ds = build_motion_dataset(cfg.data, split)
         if ds is not None:
             t = ds[0]["target"].shape[0]
-            want = motion_model_kwargs(cfg)["future"]
+            want = _future(cfg)
             if t != want:
                 raise ValueError(f"data ({split}) has {t}-step futures but model.future is {want}; "
                                  "set model.future to data.future (or leave it null)")

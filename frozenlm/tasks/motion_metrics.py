@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import sample_count
+
 MISS_THRESHOLD = 2.0
 
 
@@ -55,9 +57,7 @@ def forecast_sums(traj: Tensor, logits: Tensor, target: Tensor) -> dict[str, Ten
 
 def forecast_finalize(sums: dict[str, Tensor]) -> dict[str, float]:
     """Sums -> minADE_6, minFDE_6, MR_6 (%), brier_minFDE_6, minADE_1, minFDE_1, MR_1 (%), loss."""
-    n = float(sums["count"])
-    if n == 0:
-        raise ValueError("no evaluation samples were seen (empty dataset?)")
+    n = sample_count(sums)
     out = {"minADE_6": float(sums["ade_6"]) / n, "minFDE_6": float(sums["fde_6"]) / n,
            "MR_6": 100.0 * float(sums["miss_6"]) / n, "brier_minFDE_6": float(sums["brier_fde_6"]) / n,
            "minADE_1": float(sums["ade_1"]) / n, "minFDE_1": float(sums["fde_1"]) / n,

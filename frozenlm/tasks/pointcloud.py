@@ -4,37 +4,31 @@ Metrics as the paper reports them: ``OA`` (overall accuracy, %) and ``mAcc`` (me
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.pointcloud import build_pointcloud_dataset, sample_points, scale_and_translate
-from ..engine.optim import param_groups
-from ..engine.task import Task, register_task
-from ..models import create_model
 from ..config import section
+from ..data.pointcloud import build_pointcloud_dataset, sample_points, scale_and_translate
 from ..layer import lm_config_keys
+from ..models import create_model
+from .base import Task, model_kwargs
+from .metrics import group_sums, mean_group_accuracy, sample_count
 
 __all__ = ["PointCloudClassification", "pointcloud_finalize"]
 
 
 def pointcloud_finalize(sums: dict[str, Tensor]) -> dict[str, float]:
     """OA, mAcc (over classes that occur) and mean loss from summed counts."""
-    count = float(sums["count"])
-    if count == 0:
-        raise ValueError("no evaluation samples were seen (empty dataset?)")
-    seen = sums["class_count"] > 0
-    out = {"OA": 100.0 * float(sums["correct"]) / count,
-           "mAcc": 100.0 * float((sums["class_correct"][seen] / sums["class_count"][seen]).mean())}
+    count = sample_count(sums)
+    out = {"OA": 100.0 * float(sums["correct"]) / count, "mAcc": mean_group_accuracy(sums)}
     if "loss_sum" in sums:
         out["loss"] = float(sums["loss_sum"]) / count
     return out
 
 
-@register_task("pointcloud")
 class PointCloudClassification(Task):
     """Point-BERT(+LMLayer) classifier with Point-BERT's batch sampling, augmentation and optional voting."""
 
@@ -51,11 +45,7 @@ class PointCloudClassification(Task):
     )
 
     def build_model(self, cfg: Any) -> nn.Module:
-        kw = dict(cfg.model)
-        name = kw.pop("name")
-        if kw.get("num_classes") is None:
-            kw["num_classes"] = cfg.data.get("num_classes") or 40
-        return create_model(name, **kw)
+        return create_model(cfg.model.name, **model_kwargs(cfg, num_classes=cfg.data.get("num_classes") or 40))
 
     def build_dataset(self, cfg: Any, split: str) -> Any:
         ds = build_pointcloud_dataset(cfg.data, split)
@@ -64,9 +54,6 @@ class PointCloudClassification(Task):
             raise ValueError(f"data {cfg.data.name!r} ({split}) has {ds.num_classes} classes but the model head has "
                              f"{n_model}; set data.num_classes (or model.num_classes) to match")
         return ds
-
-    def _num_classes(self, cfg: Any) -> int:
-        return int(cfg.model.get("num_classes") or cfg.data.num_classes)
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         points, y = batch
@@ -83,22 +70,16 @@ class PointCloudClassification(Task):
         for _ in range(votes - 1):  # Point-BERT's voting: average logits over scale-and-translate copies
             logits = logits + model(scale_and_translate(points)).float()
         logits = logits / votes
-        n = self._num_classes(cfg)
+        n = int(cfg.model.get("num_classes") or cfg.data.num_classes)
         hit = (logits.argmax(-1) == y).double()
         return {"correct": hit.sum(), "count": torch.tensor(float(len(y)), dtype=torch.float64, device=y.device),
-                "class_correct": torch.zeros(n, dtype=torch.float64, device=y.device).index_add_(0, y, hit),
-                "class_count": torch.bincount(y, minlength=n).double(),
-                "loss_sum": F.cross_entropy(logits, y, reduction="sum").double()}
+                **group_sums(hit, y, n), "loss_sum": F.cross_entropy(logits, y, reduction="sum").double()}
 
     def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
         return pointcloud_finalize(sums)
 
-    def param_groups(self, model: nn.Module, cfg: Any) -> Optional[list[dict]]:
-        """Engine groups, with ``optim.adapter_lr_mult`` (paper: 0.5) on the LMLayer's trainable
-        parameters; ``optim.no_decay_lr_mult`` (paper: 0.1) applies on top to no-decay ones."""
+    def lr_mults(self, model: nn.Module, cfg: Any) -> Optional[dict[str, float]]:
+        """``optim.adapter_lr_mult`` (paper: 0.5) on the LMLayer's trainable parameters; the engine's
+        ``optim.no_decay_lr_mult`` (paper: 0.1) applies on top to no-decay ones."""
         mult = cfg.optim.get("adapter_lr_mult")
-        if mult is None:
-            return None
-        c = copy.deepcopy(cfg)
-        c.optim.lr_mult = {**dict(cfg.optim.get("lr_mult") or {}), "lm_layer.": float(mult)}
-        return param_groups(model, c)
+        return None if mult is None else {"lm_layer.": float(mult)}

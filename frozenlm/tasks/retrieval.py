@@ -3,19 +3,16 @@ the top-k candidates pre-selected by the cheap ITC similarity (both directions),
 IR@1/5/10 (text -> image) and TR@1/5/10 (image -> text) in percent, as the paper names them."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.errors import DropSkipped
-from ..data.retrieval import build_retrieval_dataset
-from ..engine.task import Task, register_task
-from .vl_common import build_vl_model, text_collate, vl_param_groups
 from ..config import section
-from .vl_common import VL_MODEL_KEYS
+from ..data.retrieval import build_retrieval_dataset
+from .base import EvalContext
+from .vl_common import VL_MODEL_KEYS, VLTask, build_vl_model, text_collate
 
 KS = (1, 5, 10)
 
@@ -69,12 +66,21 @@ def itc_itm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Te
     return itc, itm
 
 
-@register_task("retrieval")
-class RetrievalTask(Task):
-    """ITC + ITM training on (image, caption) pairs; whole-split ranking at evaluation."""
+def spread(fn: Callable[[int, int], Tensor], n: int, bs: int, ctx: EvalContext) -> Tensor:
+    """``fn(start, stop)`` over the chunks [0, bs), [bs, 2 bs) ... of ``n`` items, chunk c computed on rank
+    c % world_size; every rank returns all chunks' results, in order (the same chunks as one process)."""
+    starts = list(range(0, n, bs))
+    mine = [fn(s, min(s + bs, n)) for s in starts[ctx.rank::ctx.world_size]]
+    parts = ctx.gather(torch.cat(mine) if mine else torch.zeros(0, device=ctx.device))
+    sizes = [[min(bs, n - s) for s in starts[r::ctx.world_size]] for r in range(ctx.world_size)]
+    chunks = [list(p.split(z)) if z else [] for p, z in zip(parts, sizes)]
+    return torch.cat([chunks[c % ctx.world_size][c // ctx.world_size] for c in range(len(starts))])
+
+
+class RetrievalTask(VLTask):
+    """ITC + ITM training on (image, caption) pairs; whole-split ranking at evaluation, on any number of ranks."""
 
     primary_metric, primary_mode = "rsum", "max"
-    distributed_eval = False  # ranking needs every image and caption of the split in one process
     config_keys = (  # no model.num_answers: retrieval has no answer head
         *VL_MODEL_KEYS,
         *section("data", "name", "root", "ann_file", "image_dir", "img_size", "subset_train", "subset_val",
@@ -82,93 +88,66 @@ class RetrievalTask(Task):
         *section("retrieval", "k_candidates", "fusion_batch"),
     )
 
-    def __init__(self) -> None:
-        self._eval_ds: Any = None
-        self._cache: dict[str, Any] = {}
-
     def build_model(self, cfg: Any) -> nn.Module:
-        self._eval_ds, self._cache = None, {}
         return build_vl_model(cfg, 0)
 
     def build_dataset(self, cfg: Any, split: str) -> Any:
         ds = build_retrieval_dataset(cfg.data, split)
-        if split == "train":
-            caption_ids = {c: i for i, c in enumerate(sorted(set(ds.texts)))}
-            ds.caption_id = caption_ids  # identical captions are treated as positives in the losses
-        else:
-            self._eval_ds = ds
-        return _WithCaptionId(ds) if split == "train" else ds
-
-    def collate_fn(self, cfg: Any, split: str) -> Callable:
-        return DropSkipped(text_collate(cfg))
-
-    def param_groups(self, model: nn.Module, cfg: Any) -> list[dict]:
-        return vl_param_groups(model, cfg)
+        if split != "train":
+            return ds
+        ds.caption_id = {c: i for i, c in enumerate(sorted(set(ds.texts)))}  # identical captions: positives
+        return _WithCaptionId(ds)
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         itc, itm = itc_itm_loss(model, batch)
         return itc + itm
 
-    @torch.no_grad()
-    def eval_batch(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, Tensor]:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            raise NotImplementedError("retrieval evaluation ranks the whole split in one process; run it with 1 rank")
-        ds = self._eval_ds
-        idx = batch["index"]
-        if int(idx[0]) == 0 or not self._cache:
-            self._cache = {"v": [], "n": 0, **self._encode_texts(model, ds, cfg, batch["images"].device)}
-        self._cache["v"].append(model.encode_image(batch["images"]))
-        self._cache["n"] += len(idx)
-        if self._cache["n"] < len(ds):
-            return {}
-        return self._rank(model, ds, cfg)
-
-    def _encode_texts(self, model: nn.Module, ds: Any, cfg: Any, device: torch.device) -> dict[str, Tensor]:
-        col = text_collate(cfg)
-        enc = col.tokenize(ds.texts)
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        bs = int(cfg.eval_batch_size or cfg.batch_size)
-        t = torch.cat([model.encode_text(ids[i:i + bs], mask[i:i + bs]) for i in range(0, len(ids), bs)])
-        return {"t": t, "mask": mask}
-
-    def _rank(self, model: nn.Module, ds: Any, cfg: Any) -> dict[str, Tensor]:
-        c = self._cache
-        v, t, mask = torch.cat(c["v"]), c["t"], c["mask"]
-        self._cache = {}
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], cfg: Any, ctx: EvalContext) -> dict[str, float]:
+        """IR@k / TR@k and their sum ``rsum`` over the whole split. Each rank encodes its share of the images;
+        the image tokens are gathered, every rank encodes the text bank, and the ITM re-scoring of the ITC
+        top-k candidates is spread over the ranks."""
+        ds = ctx.dataset
+        n = len(ds.image_texts)
+        if n == 0 or n < ctx.world_size:
+            raise ValueError(f"retrieval evaluation needs an image per rank; the split has {n} for {ctx.world_size}")
+        index, feats = [], []
+        for b in batches:
+            index.append(b["index"])
+            feats.append(model.encode_image(b["images"]))
+        index = torch.cat(ctx.gather(torch.cat(index)))
+        if sorted(index.tolist()) != list(range(n)):
+            raise ValueError(f"retrieval evaluation saw {len(index)} images, not each of the split's {n} once")
+        v = torch.cat(ctx.gather(torch.cat(feats)))[index.argsort()]
+        t, mask = self._encode_texts(model, ds, cfg, ctx.device)
         ei, et = model.embed(v, t)
         sim = (ei @ et.T).float().cpu()
         k = int((cfg.get("retrieval") or {}).get("k_candidates", 16))
         bs = int((cfg.get("retrieval") or {}).get("fusion_batch", 128))
 
         def itm(img: Tensor, txt: Tensor) -> Tensor:
-            out = []
-            for s in range(0, len(img), bs):
-                i, j = img[s:s + bs].to(v.device), txt[s:s + bs].to(v.device)
+            def score(s: int, e: int) -> Tensor:
+                i, j = img[s:e].to(v.device), txt[s:e].to(v.device)
                 pooled, _, _ = model.fuse(v[i], t[j], mask[j])
                 logit = model.itm_head(pooled).float()
-                out.append((logit[:, 1] - logit[:, 0]).cpu())
-            return torch.cat(out)
+                return logit[:, 1] - logit[:, 0]
+            return spread(score, len(img), bs, ctx).cpu()
 
         i2t = rerank(sim, k, itm)
         t2i = rerank(sim.T.contiguous(), k, lambda txt, img: itm(img, txt))
-        text_images = [[] for _ in ds.texts]
+        text_images: list[list[int]] = [[] for _ in ds.texts]
         for i, rel in enumerate(ds.image_texts):
             for j in rel:
                 text_images[j].append(i)
         tr, ir = recall_at_k(i2t, ds.image_texts), recall_at_k(t2i, text_images)
-        out = {f"tr{k_}": torch.tensor(float(tr[k_]), dtype=torch.float64) for k_ in KS}
-        out.update({f"ir{k_}": torch.tensor(float(ir[k_]), dtype=torch.float64) for k_ in KS})
-        out["n_images"] = torch.tensor(float(len(ds.image_texts)), dtype=torch.float64)
-        out["n_texts"] = torch.tensor(float(len(ds.texts)), dtype=torch.float64)
-        return out
-
-    def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
-        if "n_images" not in sums:
-            raise ValueError("retrieval evaluation saw no complete split (empty dataset?)")
-        ni, nt = float(sums["n_images"]), float(sums["n_texts"])
-        out = {f"IR@{k}": 100.0 * float(sums[f"ir{k}"]) / nt for k in KS}
-        out.update({f"TR@{k}": 100.0 * float(sums[f"tr{k}"]) / ni for k in KS})
+        out = {f"IR@{k_}": 100.0 * ir[k_] / len(ds.texts) for k_ in KS}
+        out.update({f"TR@{k_}": 100.0 * tr[k_] / n for k_ in KS})
         return {"rsum": sum(out.values()), **out}
+
+    def _encode_texts(self, model: nn.Module, ds: Any, cfg: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+        enc = text_collate(cfg).tokenize(ds.texts)
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        bs = int(cfg.eval_batch_size or cfg.batch_size)
+        return torch.cat([model.encode_text(ids[i:i + bs], mask[i:i + bs]) for i in range(0, len(ids), bs)]), mask
 
 
 class _WithCaptionId(torch.utils.data.Dataset):

@@ -3,38 +3,27 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import build_loss, build_mixup
-from ..data.video import build_video_dataset, skip_none_collate
-from ..engine.classification import classification_finalize, topk_sums
-from ..engine.optim import param_groups as engine_param_groups
-from ..engine.task import Task, register_task
-from ..models import create_model
 from ..config import section
+from ..data import build_loss, build_mixup
 from ..data.transforms import MIXUP_KEYS
+from ..data.video import build_video_dataset, skip_none_collate
 from ..layer import lm_config_keys
+from ..models import create_model
+from .base import Task, model_kwargs
+from .metrics import classification_finalize, group_accuracy, group_sums, mean_group_accuracy, topk_sums
 
 
-def layer_decay_groups(model: nn.Module, cfg: Any, decay: float) -> list[dict]:
-    """The engine's (weight decay, lr_mult) groups split further by VideoMAE's layer-wise LR decay:
-    a parameter of layer id i (0 = embeddings, depth+1 = LMLayer/fc_norm/head) gets
-    lr_mult x decay ** (depth + 1 - i)."""
-    depth = model.num_layers
-    out: dict[tuple, dict] = {}
-    for g in engine_param_groups(model, cfg):
-        for name, p in zip(g["param_names"], g["params"]):
-            scale = decay ** (depth + 1 - model.layer_id(name))
-            key = (g["weight_decay"], g["lr_mult"] * scale)
-            grp = out.setdefault(key, {"params": [], "param_names": [], "weight_decay": key[0], "lr_mult": key[1]})
-            grp["params"].append(p)
-            grp["param_names"].append(name)
-    return list(out.values())
+def layer_decay_mults(model: nn.Module, decay: float) -> dict[str, float]:
+    """VideoMAE's layer-wise LR decay: a parameter of layer id i (0 = embeddings, depth+1 = LMLayer/fc_norm/head)
+    gets decay ** (depth + 1 - i). Kept here rather than timm's param_groups_layer_decay, which builds whole
+    optimizer groups under its own weight-decay rules and needs a timm group_matcher on the model."""
+    top = model.num_layers + 1
+    return {n: decay ** (top - model.layer_id(n)) for n, p in model.named_parameters() if p.requires_grad}
 
 
-@register_task("video")
 class VideoClassification(Task):
     """Clips (B, C, T, H, W) -> class; metrics top1, top5, mean per-class accuracy (and per class).
 
@@ -61,16 +50,9 @@ class VideoClassification(Task):
         self._classes: list[str] | None = None
 
     def build_model(self, cfg: Any) -> nn.Module:
-        self._mixup, self._loss, self._classes = None, None, None  # the task object outlives runs (ablate)
-        m = dict(cfg.model)
-        name = m.pop("name")
-        m.pop("layer_decay", None)
-        if m.get("num_classes") is None:
-            m["num_classes"] = cfg.data.num_classes
-        for key in ("num_frames", "img_size"):
-            if m.get(key) is None and cfg.data.get(key) is not None:
-                m[key] = cfg.data[key]
-        return create_model(name, **m)
+        return create_model(cfg.model.name, **model_kwargs(cfg, drop=("layer_decay",), num_classes=cfg.data.num_classes,
+                                                            num_frames=cfg.data.get("num_frames"),
+                                                            img_size=cfg.data.get("img_size")))
 
     def build_dataset(self, cfg: Any, split: str) -> Any:
         n_model = cfg.model.get("num_classes") or cfg.data.num_classes
@@ -83,11 +65,11 @@ class VideoClassification(Task):
     def collate_fn(self, cfg: Any, split: str) -> Optional[Callable]:
         return skip_none_collate
 
-    def param_groups(self, model: nn.Module, cfg: Any) -> Optional[list[dict]]:
+    def lr_mults(self, model: nn.Module, cfg: Any) -> Optional[dict[str, float]]:
         decay = cfg.model.get("layer_decay")
         if decay is None or float(decay) == 1.0:
             return None
-        return layer_decay_groups(model, cfg, float(decay))
+        return layer_decay_mults(model, float(decay))
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         if batch is None:
@@ -117,11 +99,7 @@ class VideoClassification(Task):
         else:
             logits = model(x).float()
         sums = topk_sums(logits, y, ks=(1, 5), loss=F.cross_entropy(logits, y, reduction="none"))
-        n = logits.shape[-1]
-        hit = (logits.argmax(-1) == y).double()
-        sums["class_correct"] = torch.zeros(n, dtype=torch.float64, device=y.device).index_add_(0, y, hit)
-        sums["class_count"] = torch.bincount(y, minlength=n).double()
-        return sums
+        return {**sums, **group_sums(logits.argmax(-1) == y, y, logits.shape[-1])}
 
     def _class_key(self, i: int) -> str:
         names = self._classes or []
@@ -133,10 +111,7 @@ class VideoClassification(Task):
     def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
         out = classification_finalize({k: v for k, v in sums.items() if not k.startswith("class_")})
         if "class_count" in sums:
-            cnt, cor = sums["class_count"], sums["class_correct"]
-            seen = cnt > 0
-            out["mean_class_acc"] = float(100.0 * (cor[seen] / cnt[seen]).mean())
-            if len(cnt) <= 50:  # per-class numbers for small label sets (SSv2's 174 stay in mean_class_acc)
-                out.update({f"class_acc/{self._class_key(i)}": float(100.0 * cor[i] / cnt[i])
-                            for i in range(len(cnt)) if cnt[i] > 0})
+            out["mean_class_acc"] = mean_group_accuracy(sums)
+            if len(sums["class_count"]) <= 50:  # per-class numbers for small label sets (SSv2's 174: mean only)
+                out.update({f"class_acc/{self._class_key(i)}": a for i, a in group_accuracy(sums).items()})
         return out

@@ -2,16 +2,16 @@
 METER's per-module learning rates."""
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..engine.optim import param_groups as engine_param_groups
 from ..config import section
+from ..data.errors import DropSkipped
 from ..layer import lm_config_keys
 from ..models import create_model
+from .base import Task, model_kwargs
 
 # Module groups of frozenlm.models.meter.METER -> parameter-name prefixes.
 MODULE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -34,25 +34,28 @@ VL_MODEL_KEYS = (
 
 def build_vl_model(cfg: Any, num_answers: int) -> nn.Module:
     """METER from cfg.model (image / text / lm / hidden / fusion_layers / heads ...)."""
-    m = dict(cfg.model)
-    m.pop("name", None)
-    m.pop("lr_mult", None)
-    m["num_answers"] = num_answers
-    return create_model(cfg.model.get("name", "meter"), **m)
+    kw = model_kwargs(cfg, drop=("lr_mult", "num_answers"))
+    return create_model(cfg.model.get("name", "meter"), num_answers=num_answers, **kw)
 
 
-def vl_param_groups(model: nn.Module, cfg: Any) -> list[dict]:
-    """Engine param groups with METER's module LR multipliers from ``model.lr_mult`` (e.g. lm_layer: 10 =
-    adapters at 10x the image encoder's LR, as the paper does); ``optim.lr_mult`` patterns still win."""
+def meter_lr_mults(cfg: Any) -> dict[str, float]:
+    """METER's module LR multipliers from ``model.lr_mult`` (e.g. lm_layer: 10 = adapters at 10x the image
+    encoder's LR, as the paper does), as parameter-name prefixes; ``optim.lr_mult`` multiplies on top."""
     mults = dict(cfg.model.get("lr_mult") or {})
     unknown = set(mults) - set(MODULE_GROUPS)
     if unknown:
         raise ValueError(f"model.lr_mult has unknown groups {sorted(unknown)}; known: {sorted(MODULE_GROUPS)}")
-    table = {prefix: float(mults[g]) for g, prefixes in MODULE_GROUPS.items() if g in mults for prefix in prefixes}
-    table.update(dict(cfg.optim.get("lr_mult") or {}))
-    c = copy.deepcopy(cfg)
-    c.optim.lr_mult = table
-    return engine_param_groups(model, c)
+    return {prefix: float(mults[g]) for g, prefixes in MODULE_GROUPS.items() if g in mults for prefix in prefixes}
+
+
+class VLTask(Task):
+    """What the METER tasks share: the tokenising collate (unreadable images dropped) and module LRs."""
+
+    def collate_fn(self, cfg: Any, split: str) -> DropSkipped:
+        return DropSkipped(text_collate(cfg))
+
+    def lr_mults(self, model: nn.Module, cfg: Any) -> dict[str, float]:
+        return meter_lr_mults(cfg)
 
 
 class TextCollate:

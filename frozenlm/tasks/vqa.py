@@ -1,18 +1,16 @@
 """VQA (METER + LMLayer): VQAv2 or offline easy-VQA; metric `overall` = official VQA accuracy (%)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.errors import DropSkipped
-from ..data.vqa import ANSWER_TYPES, build_vqa_dataset
-from ..engine.task import Task, register_task
-from .vl_common import build_vl_model, text_collate, vl_param_groups
 from ..config import section
-from .vl_common import VL_MODEL_KEYS
+from ..data.vqa import ANSWER_TYPES, build_vqa_dataset
+from .metrics import sample_count
+from .vl_common import VL_MODEL_KEYS, VLTask, build_vl_model
 
 
 def vqa_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -20,8 +18,7 @@ def vqa_loss(logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float()) * target.shape[1]
 
 
-@register_task("vqa")
-class VQATask(Task):
+class VQATask(VLTask):
     """Answer classification over a fixed vocabulary with soft targets."""
 
     primary_metric, primary_mode = "overall", "max"
@@ -44,12 +41,6 @@ class VQATask(Task):
             raise ValueError(f"{cfg.data.name} ({split}) has {len(ds.vocab)} answers but model.num_answers is "
                              f"{cfg.model.num_answers}; set model.num_answers={len(ds.vocab)}")
         return ds
-
-    def collate_fn(self, cfg: Any, split: str) -> Callable:
-        return DropSkipped(text_collate(cfg))
-
-    def param_groups(self, model: nn.Module, cfg: Any) -> list[dict]:
-        return vl_param_groups(model, cfg)
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
@@ -75,9 +66,7 @@ class VQATask(Task):
         return out
 
     def finalize(self, sums: dict[str, Tensor], cfg: Any) -> dict[str, float]:
-        n = float(sums["count"])
-        if n == 0:
-            raise ValueError("no VQA evaluation samples were seen (empty dataset?)")
+        n = sample_count(sums)
         out = {"overall": 100.0 * float(sums["score_sum"]) / n, "loss": float(sums["loss_sum"]) / n}
         for k in sums:
             if k.startswith("count/") and float(sums[k]) > 0:

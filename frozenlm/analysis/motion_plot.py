@@ -1,18 +1,17 @@
-"""PNG of predicted vs ground-truth trajectories over the lanes, for a few scenes.
-
-    python -m frozenlm.tasks.motion_plot RUN_OR_CHECKPOINT --out docs/figures/motion/predictions.png
-"""
+"""PNG of predicted vs ground-truth trajectories over the lanes, for a few scenes of a trained motion run
+(``frozenlm plot-motion RUN --out FILE``)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..analysis.report import save_figure
 from ..data.motion import MotionDataset, collate_motion
+from ..engine.task import get_task
+from ..engine.trained import load_trained
+from .report import save_figure
 
 
 @torch.no_grad()
@@ -63,24 +62,14 @@ def plot_predictions(model: nn.Module, dataset: MotionDataset, path: str | Path,
     return save_figure(fig, path, dpi=110)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """CLI: rebuild a trained model from its checkpoint and plot a few validation scenes."""
-    from ..engine.task import get_task
-    from ..engine.trained import load_trained
-    ap = argparse.ArgumentParser(prog="python -m frozenlm.tasks.motion_plot")
-    ap.add_argument("checkpoint", help="run dir or checkpoint dir of a motion run")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--indices", default="0,1,2,3,4,5")
-    a = ap.parse_args(argv)
-    model, cfg = load_trained(a.checkpoint)
-    task = get_task(cfg.task)
-    ds = task.build_dataset(cfg, a.split)
+def plot_run(checkpoint: str | Path, out: str | Path, split: str = "val",
+             indices: Sequence[int] = (0, 1, 2, 3, 4, 5)) -> Path:
+    """Rebuild a trained motion model from its run or checkpoint dir and plot scenes ``indices`` of ``split``."""
+    model, cfg = load_trained(checkpoint)
+    if cfg.task != "motion":
+        raise ValueError(f"{checkpoint} is a {cfg.task!r} run; plot-motion needs a motion run")
+    ds = get_task(cfg.task).build_dataset(cfg, split)
+    if ds is None:
+        raise ValueError(f"the motion run {checkpoint} has no {split!r} split")
     variant = cfg.model.get("lm", {}).get("variant", "none")
-    out = plot_predictions(model, ds, a.out, [int(i) for i in a.indices.split(",")],
-                           title=f"{cfg.model.name} + LM {variant}")
-    print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    main()
+    return plot_predictions(model, ds, out, indices, title=f"{cfg.model.name} + LM {variant}")
