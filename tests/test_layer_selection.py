@@ -118,26 +118,19 @@ def test_other_families_shuffled(tmp_path, kind, first):
 
 # ------------------------------------------------------------------ layer numbers that disagree
 
-def test_config_layer_count_disagrees_with_weights(shuffled, tmp_path):
-    """config.json says 14 layers, the weights hold 12: refused (-1 would not be the last layer)."""
+@pytest.mark.parametrize("fmt,file,key,value,message", [
+    # config.json says 14 layers, the weights hold 12: refused (-1 would not be the last layer)
+    ("hf_sharded", "config.json", "num_hidden_layers", 14, r"num_hidden_layers says 14 layers.*missing layers 12-13"),
+    ("meta", "params.json", "n_layers", 10, r"n_layers says 10 layers.*unexpected layers 10-11"),
+])
+def test_declared_layer_count_disagrees_with_weights(shuffled, tmp_path, fmt, file, key, value, message):
     import shutil
-    dst = tmp_path / "more"
-    shutil.copytree(shuffled["hf_sharded"], dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg["num_hidden_layers"] = 14
-    (dst / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"num_hidden_layers says 14 layers.*missing layers 12-13"):
-        frozenlm.load_blocks(str(dst), [-1])
-
-
-def test_params_layer_count_disagrees_with_weights(shuffled, tmp_path):
-    import shutil
-    dst = tmp_path / "meta"
-    shutil.copytree(shuffled["meta"], dst)
-    p = json.loads((dst / "params.json").read_text())
-    p["n_layers"] = 10
-    (dst / "params.json").write_text(json.dumps(p))
-    with pytest.raises(CheckpointError, match=r"n_layers says 10 layers.*unexpected layers 10-11"):
+    dst = tmp_path / fmt
+    shutil.copytree(shuffled[fmt], dst)
+    cfg = json.loads((dst / file).read_text())
+    cfg[key] = value
+    (dst / file).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=message):
         frozenlm.load_blocks(str(dst), [-1])
 
 
