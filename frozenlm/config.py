@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from .errors import ConfigError
+
 __all__ = ["Config", "ConfigError", "DEFAULTS", "KeySchema", "load_config", "make_config", "apply_overrides",
            "deep_merge", "check_keys", "check_types", "engine_schema", "section"]
 
@@ -80,10 +82,6 @@ _Loader.add_implicit_resolver(
 
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no object construction
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid."""
 
 
 class Config(dict):

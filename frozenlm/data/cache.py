@@ -25,14 +25,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
 
+from ..errors import CacheError
+
 __all__ = ["CacheError", "file_fingerprint", "cache_key", "atomic_write", "atomic_dir", "build_once",
            "load_or_build"]
 
+
 T = TypeVar("T")
-
-
-class CacheError(RuntimeError):
-    """A cache file exists but cannot be read (the message names it and says to delete it)."""
 
 
 def file_fingerprint(files: Iterable[str | os.PathLike], root: Optional[str | os.PathLike] = None

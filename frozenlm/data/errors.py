@@ -16,19 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
+from ..errors import DataFileError
+
 __all__ = ["ON_ERROR", "DataFileError", "FilePolicy", "on_error_policy", "DropSkipped", "read_image"]
+
 
 ON_ERROR = ("raise", "skip")
 HINT = "fix or remove the file, or set data.on_error=skip to skip unreadable files (each is logged and counted)"
 T = TypeVar("T")
-
-
-class DataFileError(ValueError):
-    """A user data file exists but cannot be read or used; ``path`` names it."""
-
-    def __init__(self, message: str, path: Optional[str | os.PathLike] = None) -> None:
-        super().__init__(message)
-        self.path = str(path) if path is not None else None
 
 
 class FilePolicy:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from frozenlm.errors import CheckpointError
 from frozenlm.layer import frozen_param_names
 from frozenlm.layer import frozen_sources as layer_frozen_sources
 
@@ -36,10 +37,6 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_train_
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "train_state.pt", "meta.json"
 _TMP_PREFIX = ".tmp_"
 _POINTERS = ("latest", "best")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, corrupt or does not match the model."""
 
 
 def frozen_sources(model: nn.Module) -> dict[str, dict]:

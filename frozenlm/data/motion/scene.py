@@ -6,10 +6,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ...errors import DataFileError
 from ..synthetic.motion import OBS_STEPS
 
 
-class MotionDataError(ValueError):
+class MotionDataError(DataFileError):
     """A scene cannot be used for forecasting (the message names the file and the problem)."""
 
 

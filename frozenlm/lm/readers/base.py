@@ -8,11 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...errors import CheckpointError
 from ..config import BlockConfig
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read as asked; the message says which file/key and what to do."""
 
 
 def unpermute_rotary(w: Tensor, n_heads: int) -> Tensor:
