@@ -16,7 +16,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "DEFAULTS", "KeySchema", "load_config", "make_config", "apply_overrides",
-           "deep_merge", "check_keys", "check_types", "engine_schema", "section"]
+           "deep_merge", "check_keys", "check_types", "engine_schema", "section", "validate_config"]
 
 #: Engine keys every config has; tasks add their own ``model`` / ``data`` sections on top.
 DEFAULTS: dict[str, Any] = {
@@ -347,6 +347,29 @@ def _unknown(key: str, data: Mapping[str, Any], schema: KeySchema | None = None)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     extra = "" if schema is not None else f" (write +{key}=... to add a new key)"
     raise ConfigError(f"unknown config key {key!r}.{hint}{extra}")
+
+
+def validate_config(cfg: Config, world_size: int = 1) -> None:
+    """Clear errors for engine settings that cannot work (before any expensive work starts)."""
+    if not cfg.get("task"):
+        raise ConfigError("config has no `task:` (e.g. task: image)")
+    for key in ("batch_size", "accum_steps", "keep_last", "log_every"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    bs, acc = cfg.batch_size, cfg.accum_steps
+    if bs % (world_size * acc):
+        raise ConfigError(f"batch_size {bs} (global) must be divisible by world_size x accum_steps = "
+                         f"{world_size} x {acc} = {world_size * acc}")
+    if not (isinstance(cfg.epochs, (int, float)) and cfg.epochs > 0):
+        raise ConfigError(f"epochs must be > 0, got {cfg.epochs!r}")
+    if cfg.max_steps is not None and (not isinstance(cfg.max_steps, int) or cfg.max_steps < 1):
+        raise ConfigError(f"max_steps must be a positive integer or null, got {cfg.max_steps!r}")
+    if cfg.save_every_steps is not None and (not isinstance(cfg.save_every_steps, int) or cfg.save_every_steps < 1):
+        raise ConfigError(f"save_every_steps must be a positive integer or null, got {cfg.save_every_steps!r}")
+    if cfg.best_mode not in ("max", "min", None):
+        raise ConfigError(f"best_mode must be max, min or null (the task's direction), got {cfg.best_mode!r}")
+    if cfg.num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
 
 
 SchemaFor = Callable[[Any], "KeySchema | None"]

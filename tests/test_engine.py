@@ -18,7 +18,7 @@ from frozenlm.engine import CheckpointError, evaluate, latest_checkpoint, load_c
 from frozenlm.engine.checkpoint import load_train_state, read_meta
 from frozenlm.engine.data import EpochSampler, SeededDataset
 from frozenlm.engine.optim import base_lr, build_optimizer, lr_at, param_groups
-from frozenlm.engine.train import validate_config
+from frozenlm.config import validate_config
 from frozenlm.layer import frozen_param_names
 from frozenlm.tasks.metrics import classification_finalize, topk_sums
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.distributed as dist
 
-from frozenlm.config import Config, ConfigError, check_keys, make_config, unknown_keys_message
+from frozenlm.config import Config, ConfigError, check_keys, make_config, unknown_keys_message, validate_config
 from frozenlm.engine import checkpoint as ckpt
 from frozenlm.engine.distributed import DistInfo, broadcast_object, shutdown_distributed, wrap_ddp
 from frozenlm.engine.ema import ModelEma
@@ -28,7 +28,7 @@ from frozenlm.engine.rng import get_rng_state, seed_all, set_rng_state
 from frozenlm.engine.task import get_task, task_schema
 from frozenlm.tasks.base import Task
 
-__all__ = ["train", "validate_config", "best_rule"]
+__all__ = ["train", "best_rule"]
 
 
 def _version() -> str:
@@ -41,29 +41,6 @@ def _version() -> str:
 def _as_config(cfg: Config | Mapping[str, Any]) -> Config:
     # Plain dicts (tests, notebooks) get the engine defaults merged under them.
     return cfg if isinstance(cfg, Config) and "optim" in cfg else make_config(dict(cfg))
-
-
-def validate_config(cfg: Config, world_size: int = 1) -> None:
-    """Clear errors for engine settings that cannot work (before any expensive work starts)."""
-    if not cfg.get("task"):
-        raise ValueError("config has no `task:` (e.g. task: image)")
-    for key in ("batch_size", "accum_steps", "keep_last", "log_every"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    bs, acc = cfg.batch_size, cfg.accum_steps
-    if bs % (world_size * acc):
-        raise ValueError(f"batch_size {bs} (global) must be divisible by world_size x accum_steps = "
-                         f"{world_size} x {acc} = {world_size * acc}")
-    if not (isinstance(cfg.epochs, (int, float)) and cfg.epochs > 0):
-        raise ValueError(f"epochs must be > 0, got {cfg.epochs!r}")
-    if cfg.max_steps is not None and (not isinstance(cfg.max_steps, int) or cfg.max_steps < 1):
-        raise ValueError(f"max_steps must be a positive integer or null, got {cfg.max_steps!r}")
-    if cfg.save_every_steps is not None and (not isinstance(cfg.save_every_steps, int) or cfg.save_every_steps < 1):
-        raise ValueError(f"save_every_steps must be a positive integer or null, got {cfg.save_every_steps!r}")
-    if cfg.best_mode not in ("max", "min", None):
-        raise ValueError(f"best_mode must be max, min or null (the task's direction), got {cfg.best_mode!r}")
-    if cfg.num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
 
 
 def best_rule(cfg: Config, task: Task) -> tuple[str, str]:
