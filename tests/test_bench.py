@@ -13,7 +13,8 @@ import torch
 import frozenlm
 from frozenlm.bench.memory import PeakMemory
 from frozenlm.bench.synth import dir_bytes, hf_shapes, meta_shapes, write_hf_sharded, write_meta
-from frozenlm.bench.worker import build_lm_layer, measure_ckpt, measure_load, measure_step, reference_module
+from frozenlm.bench import reference
+from frozenlm.bench.worker import build_lm_layer, measure_ckpt, measure_load, measure_step
 
 SMALL = {"dim": 64, "n_layers": 3, "n_heads": 4, "ffn_dim": 256, "vocab": 100, "norm_eps": 1e-6}
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def test_synthetic_checkpoints_are_real_formats(tmp_path):
     for src in (meta, hf):
         stack = frozenlm.load_blocks(str(src), [2])
         assert stack.layer_indices == [2] and stack.cfg.ffn_dim == 256 and stack.cfg.n_heads == 4
-    ref = reference_module().reference_load_layer(meta, 2)
+    ref = reference.reference_load_layer(meta, 2)
     assert ref.feed_forward.w1.weight.shape == (256, 64)
     r = measure_load({"impl": "ours", "path": str(meta), "layer": 1, "dtype": "bfloat16"})
     assert r["layer_bytes"] == 2 * (4 * 64 * 64 + 3 * 64 * 256 + 2 * 64) and r["load_s"] > 0
@@ -44,7 +45,7 @@ def test_synthetic_checkpoints_are_real_formats(tmp_path):
 
 def test_reference_sandwich_matches_lmlayer():
     lm = build_lm_layer({"lm": "smollm2-135m"}, 48)  # GQA: 9 query heads, 3 key/value heads
-    ref = reference_module().reference_sandwich_like(lm)
+    ref = reference.reference_sandwich_like(lm)
     assert not any(p.requires_grad for p in ref.llama.parameters())
     x = torch.randn(2, 11, 48, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)

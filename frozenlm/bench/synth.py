@@ -15,10 +15,15 @@ from typing import Iterator
 
 import torch
 
-LLAMA_7B = {"dim": 4096, "n_layers": 32, "n_heads": 32, "ffn_dim": 11008, "vocab": 32000, "norm_eps": 1e-6}
+#: Architectures `frozenlm bench --lm` knows by name; speed and memory do not depend on the weights'
+#: values, so they are benchmarked with random or zero weights. llama-7b also shapes the checkpoints below.
+SHAPES = {
+    "llama-7b": {"dim": 4096, "n_layers": 32, "n_heads": 32, "ffn_dim": 11008, "vocab": 32000, "norm_eps": 1e-6},
+    "llama-13b": {"dim": 5120, "n_layers": 40, "n_heads": 40, "ffn_dim": 13824, "vocab": 32000, "norm_eps": 1e-6},
+}
 
 
-def meta_shapes(p: dict = LLAMA_7B) -> Iterator[tuple[str, tuple[int, ...]]]:
+def meta_shapes(p: dict = SHAPES["llama-7b"]) -> Iterator[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every tensor of a Meta consolidated checkpoint, in file order."""
     d, f, v = p["dim"], p["ffn_dim"], p["vocab"]
     yield "tok_embeddings.weight", (v, d)
@@ -34,7 +39,7 @@ def meta_shapes(p: dict = LLAMA_7B) -> Iterator[tuple[str, tuple[int, ...]]]:
     yield "output.weight", (v, d)
 
 
-def hf_shapes(p: dict = LLAMA_7B) -> Iterator[tuple[str, tuple[int, ...]]]:
+def hf_shapes(p: dict = SHAPES["llama-7b"]) -> Iterator[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every tensor of a Hugging Face LlamaForCausalLM checkpoint."""
     d, f, v = p["dim"], p["ffn_dim"], p["vocab"]
     yield "model.embed_tokens.weight", (v, d)
@@ -58,7 +63,7 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def write_meta(out: str | Path, p: dict = LLAMA_7B, dtype: torch.dtype = torch.float16) -> Path:
+def write_meta(out: str | Path, p: dict = SHAPES["llama-7b"], dtype: torch.dtype = torch.float16) -> Path:
     """`out/consolidated.00.pth` + `params.json`, every tensor its own storage (as Meta's files)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +83,7 @@ def write_meta(out: str | Path, p: dict = LLAMA_7B, dtype: torch.dtype = torch.f
     return out
 
 
-def write_hf_sharded(out: str | Path, p: dict = LLAMA_7B, dtype: str = "F16",
+def write_hf_sharded(out: str | Path, p: dict = SHAPES["llama-7b"], dtype: str = "F16",
                      max_shard_bytes: int = 10_000_000_000) -> Path:
     """A sharded safetensors directory (`model-0000k-of-0000n.safetensors` + index + config.json)."""
     out = Path(out)

@@ -6,7 +6,6 @@ sandwich alone), "load" (build LM block(s) from a checkpoint), "ckpt" (checkpoin
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tempfile
@@ -19,30 +18,17 @@ from torch import nn
 
 from .flops import block_flops, sandwich_flops, vit_flops
 from .memory import PeakMemory, max_rss_bytes, rss_bytes
-from .synth import dir_bytes
-
-SHAPES = {  # architectures benchmarked with random weights (speed does not depend on values)
-    "llama-7b": dict(family="llama", dim=4096, n_heads=32, ffn_dim=11008, n_layers=32, norm_eps=1e-6),
-    "llama-13b": dict(family="llama", dim=5120, n_heads=40, ffn_dim=13824, n_layers=40, norm_eps=1e-6),
-}
-REFERENCE_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "reference.py"
-
-
-def reference_module() -> Any:
-    """benchmarks/reference.py of this source checkout (the baseline is not part of the package)."""
-    if not REFERENCE_FILE.is_file():
-        raise FileNotFoundError(f"{REFERENCE_FILE} not found: reference runs need a frozenlm source checkout")
-    spec = importlib.util.spec_from_file_location("frozenlm_bench_reference", REFERENCE_FILE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from .reference import reference_load_layer, reference_sandwich_like
+from .synth import SHAPES, dir_bytes
 
 
 def lm_config(lm: str) -> Any:
     """BlockConfig of a shape preset or of any source (catalog name, file, directory)."""
     from ..lm.config import BlockConfig
     from ..lm.load import source_config
-    return BlockConfig(**SHAPES[lm]) if lm in SHAPES else source_config(lm)
+    if lm in SHAPES:
+        return BlockConfig(family="llama", **{k: v for k, v in SHAPES[lm].items() if k != "vocab"})
+    return source_config(lm)
 
 
 def _sync(device: torch.device) -> None:
@@ -84,7 +70,7 @@ def _maybe_reference(lm: nn.Module, ours: bool) -> nn.Module:
     """`lm` itself, or the eager reference with its weights (after checking they agree)."""
     if ours:
         return lm
-    ref = reference_module().reference_sandwich_like(lm)
+    ref = reference_sandwich_like(lm)
     x = torch.randn(1, 16, lm.in_dim)
     with torch.no_grad():
         err = (ref(x) - lm(x)).abs().max().item()
@@ -201,7 +187,7 @@ def measure_load(spec: dict[str, Any]) -> dict[str, Any]:
         stack = load_blocks(spec["path"], [spec["layer"]], dtype=dtype)
         nbytes = sum(p.numel() * p.element_size() for p in stack.parameters())
     else:
-        blk = reference_module().reference_load_layer(spec["path"], spec["layer"])
+        blk = reference_load_layer(spec["path"], spec["layer"])
         nbytes = sum(p.numel() * p.element_size() for p in blk.parameters())
     secs = time.perf_counter() - t
     return {"load_s": secs, "peak_rss_bytes": max_rss_bytes(), "peak_rss_growth_bytes": max_rss_bytes() - base,
