@@ -17,7 +17,7 @@ from torch import Tensor, nn
 import _engine_fixtures as fx
 from frozenlm.config import load_config, make_config
 from frozenlm.engine.optim import build_optimizer
-from frozenlm.layer import LMLayer, lm_layers
+from frozenlm.layer import LMLayer
 from frozenlm.models import create_model, list_models
 
 B = 2
@@ -107,6 +107,11 @@ def motion_batch(tmp_path_factory) -> dict[str, Tensor]:
 
 def test_every_model_has_a_case() -> None:
     assert sorted({c.model for c in CASES}) == list_models()
+
+
+def lm_layers(model: nn.Module) -> dict[str, LMLayer]:
+    """Every LMLayer of a model, by module path."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LMLayer)}
 
 
 def _build(case: Case) -> nn.Module:
