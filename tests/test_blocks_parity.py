@@ -201,6 +201,27 @@ def test_build_attention_mask_semantics():
     assert torch.equal(m, expected)
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "math"])
+def test_plain_causal_passes_no_mask_tensor_and_equals_an_explicit_mask(hf_models, impl):
+    # No pads and no window shorter than the sequence: no N x N tensor is built, SDPA gets is_causal
+    # (so fused causal kernels can run), and the result equals the explicit lower-triangular mask.
+    dev = torch.device("cpu")
+    assert build_attention_mask(5, True, None, dev) is None
+    assert build_attention_mask(5, True, None, dev, window=5) is None
+    assert build_attention_mask(5, True, None, dev, window=4) is not None
+    stack = frozenlm.load_blocks(str(hf_models["llama"][1]), [1], mask="causal")
+    stack.set_attn_impl(impl)
+    x = torch.randn(B, N, F.DIM)
+    tril = torch.ones(1, 1, N, N, dtype=torch.bool).tril()
+    with torch.no_grad():
+        got = stack(x)
+        want = stack.layers[0](x, tril, False, None)
+        bidir = stack.layers[0](x, None, False, None)
+    assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, bidir, atol=1e-3)
+    probs = stack.layers[0].attn.attention_probs(stack.layers[0].attn_norm(x), None, None, is_causal=True)
+    assert torch.all(probs.triu(1) == 0)  # the analysis path honours is_causal too
+
+
 def test_bf16_block_close_to_fp32(hf_models):
     _, path = hf_models["llama"]
     x = torch.randn(B, N, F.DIM)

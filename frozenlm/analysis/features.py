@@ -110,9 +110,10 @@ def capture_features(model: nn.Module, x: Tensor) -> Capture:
             # Block.forward(x, mask, is_causal, rope): recompute the weights on the same input.
             xin = args[0]
             mask = args[1] if len(args) > 1 else None
+            causal = bool(args[2]) if len(args) > 2 else False
             rope = args[3] if len(args) > 3 else None
             q_in = blk.attn_norm(xin) if blk.pre_norm else xin
-            attn_rows["cls"] = blk.attn.attention_probs(q_in, mask, rope)[:, :, 0].detach()
+            attn_rows["cls"] = blk.attn.attention_probs(q_in, mask, rope, causal)[:, :, 0].detach()
 
         handles.append(last.register_forward_pre_hook(lm_attn))
         source = "lm"

@@ -158,12 +158,12 @@ class Attention(nn.Module):
         return self.scores(q, k, mask, is_causal).softmax(-1) @ v
 
     def attention_probs(self, x: Tensor, mask: Tensor | None = None,
-                        rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                        rope: tuple[Tensor, Tensor] | None = None, is_causal: bool = False) -> Tensor:
         """Softmax attention weights (B, H, N, N); slow path used only for analysis."""
         q, k, _ = self.qkv(x, rope)
         if self.n_kv != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        return self.scores(q.float(), k.float(), mask).softmax(-1)
+        return self.scores(q.float(), k.float(), mask, is_causal).softmax(-1)
 
 
 class MLP(nn.Module):

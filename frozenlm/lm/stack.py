@@ -16,15 +16,17 @@ ROPES = ("none", "1d")
 
 def build_attention_mask(n: int, causal: bool, padding_mask: Tensor | None,
                          device: torch.device, window: int | None = None) -> Tensor | None:
-    """Boolean (B|1, 1, N, N) mask, True = may attend, or None when everything may attend.
+    """Boolean (B|1, 1, N, N) mask, True = may attend, or None when no mask tensor is needed.
 
     `padding_mask` is (B, N) bool with True marking PADDED tokens (the nn.MultiheadAttention
     key_padding_mask convention). Every token may always attend to itself so that no row is
     fully masked (a padded query would otherwise produce NaN); valid tokens never see pads.
     `window` (causal only): query q sees keys k with q - window < k <= q, as transformers'
     sliding-window causal mask does.
+    Plain causal attention (no pads, no window shorter than the sequence) also gives None: the
+    caller passes is_causal instead, so SDPA can pick its fused causal kernels (flash on CUDA).
     """
-    if not causal and padding_mask is None:
+    if padding_mask is None and (not causal or window is None or window >= n):
         return None
     allow = torch.ones(1, 1, n, n, dtype=torch.bool, device=device)
     if causal:
