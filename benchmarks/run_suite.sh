@@ -13,6 +13,9 @@ $PY -m frozenlm.cli bench --model vit_small_patch16_224 --img-size 224 --lm llam
 # The LM sandwich alone on a 1568-token video clip (VideoMAE ViT-S, 16 frames, 224 px)
 $PY -m frozenlm.cli bench --model block --tokens 1568 --in-dim 384 --lm llama-7b --batch 1 --steps 2 \
     --json "$OUT/video_block_llama7b.json" | tee "$OUT/video_block_llama7b.md"
+# Where bf16 is native: batch 8 (docs/performance.md, "Where bf16 is native")
+$PY -m frozenlm.cli bench --model vit_small_patch16_224 --img-size 224 --lm llama-7b --batch 8 --steps 3 \
+    --json "$OUT/vits_llama7b_b8.json" | tee "$OUT/vits_llama7b_b8.md"
 # The offline default (make demo): mini ViT on Fashion-MNIST + SmolLM2's last block
 $PY -m frozenlm.cli bench --model vit_mini_patch14_28 --img-size 28 --lm smollm2-135m --batch 128 --steps 3 \
     --json "$OUT/demo.json" | tee "$OUT/demo.md"

@@ -56,6 +56,8 @@ def step_configs(precision: str, device: str, compile_: bool) -> list[tuple[str,
     if bf16_ok:
         cfgs.append(("reference bf16 autocast", {"impl": "reference", "precision": "bf16"}))
     cfgs += [("frozenlm (sdpa)", {"impl": "ours", "precision": precision}),
+             # bf16 storage without recomputation: autocast then casts no frozen weight in forward or backward
+             ("frozenlm (sdpa + bf16 weights)", {"impl": "ours", "precision": precision, "frozen_dtype": "bfloat16"}),
              ("frozenlm (sdpa + ckpt + bf16 weights)", {"impl": "ours", "precision": precision,
                                                         "grad_checkpointing": True, "frozen_dtype": "bfloat16"})]
     if compile_:
