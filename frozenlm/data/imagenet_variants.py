@@ -14,10 +14,11 @@ Label conventions (they matter for comparing numbers with the paper):
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
@@ -220,3 +221,19 @@ def summarize_imagenet_c(acc: Mapping[tuple[str, int], float]) -> dict[str, floa
     if out:
         out["mean"] = sum(out.values()) / len(out)
     return out
+
+
+class PartTagged(Dataset):
+    """ImageNet-C items tagged with their (corruption, severity) part, for per-corruption accuracy."""
+
+    def __init__(self, ds: ImageNetCConcat) -> None:
+        self.ds, self.parts, self.num_classes, self.classes = ds, ds.parts, ds.num_classes, ds.classes
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int] | None:
+        item = self.ds[i]
+        if item is None:  # an unreadable image skipped under data.on_error=skip
+            return None
+        return item[0], item[1], bisect.bisect_right(self.ds.cumulative_sizes, i)

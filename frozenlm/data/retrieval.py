@@ -137,3 +137,20 @@ def build_retrieval_dataset(cfg: Any, split: str) -> RetrievalDataset:
     if name not in RETRIEVAL_DATASETS:
         raise ValueError(f"data.name {name!r} is not a retrieval dataset; choose one of {sorted(RETRIEVAL_DATASETS)}")
     return RETRIEVAL_DATASETS[name](cfg, split)
+
+
+class WithCaptionId(Dataset):
+    """Adds caption_id (index of the caption string) to training pairs."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, k: int) -> dict[str, Any] | None:
+        item = self.ds[k]
+        if item is None:  # an unreadable image skipped under data.on_error=skip
+            return None
+        item["caption_id"] = self.ds.caption_id[item["question"]]
+        return item

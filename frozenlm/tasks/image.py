@@ -1,39 +1,21 @@
 """Image classification: ViT + LMLayer on ImageNet-style data or the offline Fashion-MNIST default."""
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from ..config import section
 from ..data import build_image_dataset, build_loss, build_mixup, get_num_classes, mask_logits
 from ..data.errors import DropSkipped
-from ..data.imagenet_variants import ImageNetCConcat, summarize_imagenet_c
+from ..data.imagenet_variants import ImageNetCConcat, PartTagged, summarize_imagenet_c
 from ..data.transforms import MIXUP_KEYS
 from ..layer import lm_config_keys
 from ..models import create_model
 from .base import Task, model_kwargs
 from .metrics import classification_finalize, group_accuracy, group_sums, topk_sums
-
-
-class PartTagged(Dataset):
-    """ImageNet-C items tagged with their (corruption, severity) part, for per-corruption accuracy."""
-
-    def __init__(self, ds: ImageNetCConcat) -> None:
-        self.ds, self.parts, self.num_classes, self.classes = ds, ds.parts, ds.num_classes, ds.classes
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> tuple[Any, int, int] | None:
-        item = self.ds[i]
-        if item is None:  # an unreadable image skipped under data.on_error=skip
-            return None
-        return item[0], item[1], bisect.bisect_right(self.ds.cumulative_sizes, i)
 
 
 #: model keys of the ViT(+LMLayer) classifier ("*": any timm VisionTransformer argument; timm checks those).

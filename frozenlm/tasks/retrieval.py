@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import section
-from ..data.retrieval import build_retrieval_dataset
+from ..data.retrieval import WithCaptionId, build_retrieval_dataset
 from .base import EvalContext
 from .vl_common import VL_MODEL_KEYS, VLTask, build_vl_model, text_collate
 
@@ -96,7 +96,7 @@ class RetrievalTask(VLTask):
         if split != "train":
             return ds
         ds.caption_id = {c: i for i, c in enumerate(sorted(set(ds.texts)))}  # identical captions: positives
-        return _WithCaptionId(ds)
+        return WithCaptionId(ds)
 
     def train_step_loss(self, model: nn.Module, batch: Any, cfg: Any) -> Tensor:
         itc, itm = itc_itm_loss(model, batch)
@@ -148,20 +148,3 @@ class RetrievalTask(VLTask):
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         bs = int(cfg.eval_batch_size or cfg.batch_size)
         return torch.cat([model.encode_text(ids[i:i + bs], mask[i:i + bs]) for i in range(0, len(ids), bs)]), mask
-
-
-class _WithCaptionId(torch.utils.data.Dataset):
-    """Adds caption_id (index of the caption string) to training pairs."""
-
-    def __init__(self, ds: Any) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        item = self.ds[k]
-        if item is None:  # an unreadable image skipped under data.on_error=skip
-            return None
-        item["caption_id"] = self.ds.caption_id[item["question"]]
-        return item
