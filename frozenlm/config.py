@@ -359,7 +359,7 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
     bs, acc = cfg.batch_size, cfg.accum_steps
     if bs % (world_size * acc):
         raise ConfigError(f"batch_size {bs} (global) must be divisible by world_size x accum_steps = "
-                         f"{world_size} x {acc} = {world_size * acc}")
+                          f"{world_size} x {acc} = {world_size * acc}")
     if not (isinstance(cfg.epochs, (int, float)) and cfg.epochs > 0):
         raise ConfigError(f"epochs must be > 0, got {cfg.epochs!r}")
     if cfg.max_steps is not None and (not isinstance(cfg.max_steps, int) or cfg.max_steps < 1):

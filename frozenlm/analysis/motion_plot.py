@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from ..data.motion import MotionDataset, collate_motion
-from ..engine.task import get_task
-from ..engine.trained import load_trained
+from ..engine.trained import rebuild_trained
 from .report import save_figure
 
 
@@ -65,10 +64,11 @@ def plot_predictions(model: nn.Module, dataset: MotionDataset, path: str | Path,
 def plot_run(checkpoint: str | Path, out: str | Path, split: str = "val",
              indices: Sequence[int] = (0, 1, 2, 3, 4, 5)) -> Path:
     """Rebuild a trained motion model from its run or checkpoint dir and plot scenes ``indices`` of ``split``."""
-    model, cfg = load_trained(checkpoint)
+    task, model, cfg, _ = rebuild_trained(checkpoint)
     if cfg.task != "motion":
         raise ValueError(f"{checkpoint} is a {cfg.task!r} run; plot-motion needs a motion run")
-    ds = get_task(cfg.task).build_dataset(cfg, split)
+    model.eval()
+    ds = task.build_dataset(cfg, split)
     if ds is None:
         raise ValueError(f"the motion run {checkpoint} has no {split!r} split")
     variant = cfg.model.get("lm", {}).get("variant", "none")

@@ -17,8 +17,7 @@ from frozenlm.engine.ema import ModelEma
 from frozenlm.engine.precision import autocast
 from frozenlm.engine.runtime import start_run, task_loader, to_device
 from frozenlm.engine.rng import preserved_rng
-from frozenlm.engine.task import get_task
-from frozenlm.engine.trained import load_trained
+from frozenlm.engine.trained import rebuild_trained
 from frozenlm.tasks.base import EvalContext, Task
 
 __all__ = ["run_eval", "gather_rows", "evaluate"]
@@ -71,10 +70,8 @@ def run_eval(task: Task, model: nn.Module, loader: Any, cfg: Config, info: DistI
 def evaluate(checkpoint_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
     """Rebuild the model from a checkpoint's saved config (plus ``overrides``, e.g.
     ``eval_split=test``), load its weights and evaluate; adds ``ema_*`` metrics if ``ema.eval``."""
-    path = ckpt.resolve_checkpoint(checkpoint_dir)
-    model, cfg = load_trained(path, overrides)
+    task, model, cfg, path = rebuild_trained(checkpoint_dir, overrides)
     info, device = start_run(cfg)
-    task = get_task(cfg.task)
     model.to(device)
     ds = task.build_dataset(cfg, cfg.eval_split)
     if ds is None:

@@ -11,8 +11,9 @@ from frozenlm.config import Config, check_keys, make_config
 from frozenlm.engine import checkpoint as ckpt
 from frozenlm.engine.rng import seed_all
 from frozenlm.engine.task import get_task, task_schema
+from frozenlm.tasks.base import Task
 
-__all__ = ["load_trained", "checkpoint_config"]
+__all__ = ["load_trained", "rebuild_trained", "checkpoint_config"]
 
 
 def checkpoint_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, Path]:
@@ -35,12 +36,20 @@ def checkpoint_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[
     return make_config(saved, overrides, schema=schema), path
 
 
+def rebuild_trained(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Task, nn.Module, Config, Path]:
+    """``(task, model, cfg, step dir)``: the task object that built the model, so that callers which
+    also need its datasets (evaluation, plots) reuse what it already read instead of a second task."""
+    cfg, step_dir = checkpoint_config(path, overrides)
+    seed_all(cfg.seed)
+    task = get_task(cfg.task)
+    model = task.build_model(cfg)
+    ckpt.load_checkpoint(step_dir, model)
+    return task, model, cfg, step_dir
+
+
 def load_trained(path: str | Path, overrides: Sequence[str] = (), device: Any = "cpu") -> tuple[nn.Module, Config]:
     """``(model, cfg)`` from a run dir, a step dir or a file inside one: the model is built from the saved
     config (plus ``overrides``, e.g. ``model.lm.source=NEW_PATH`` after moving the LM), its weights
     are loaded with the frozen blocks verified by digest, and it is returned in eval mode on ``device``."""
-    cfg, step_dir = checkpoint_config(path, overrides)
-    seed_all(cfg.seed)
-    model = get_task(cfg.task).build_model(cfg)
-    ckpt.load_checkpoint(step_dir, model)
+    _, model, cfg, _ = rebuild_trained(path, overrides)
     return model.to(device).eval(), cfg
