@@ -16,6 +16,7 @@ COMMANDS = {
     "train": "train CONFIG [key=value ...]",
     "eval": "eval CHECKPOINT [key=value ...]",
     "ablate": "ablate CONFIG --variants none,frozen,mlp,random --seeds 3 [key=value ...]",
+    "sweep": "sweep CONFIG --layers all|0:30:3 | --blocks 1,2,4 | --sources a,b --seeds 2 [key=value ...]",
     "analyze": "analyze CHECKPOINT [CHECKPOINT ...] [data=cluttered|imagenet_s] [root=DIR] [out=DIR] [n=64]",
     "bench": "bench [--model vit_small_patch16_224] [--lm llama-7b] [--batch 8] [--load] [--ckpt] [--json OUT]",
     "inspect": "inspect SOURCE [--layer N] [--json]",
@@ -59,6 +60,24 @@ def _ablate_parser() -> argparse.ArgumentParser:
     p.add_argument("--also", default="", help="','-separated further metrics for summary.md (e.g. per answer type)")
     p.add_argument("--out", default=None, help="output dir (default runs/ablate/<config name>)")
     p.add_argument("--jobs", type=int, default=1, help="grid points trained at once, one process each")
+    return p
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="frozenlm sweep", description="Train one run per LM layer, block count or LM source (x seeds), "
+                "plus baseline and random-block controls; tabulate and plot the metric against the choice.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    p.add_argument("--layers", default=None, help="all | START:STOP[:STEP] | 3,7,11: one frozen block per layer")
+    p.add_argument("--blocks", default=None, help="','-separated block counts, e.g. 1,2,4")
+    p.add_argument("--placement", default="last", choices=["last", "spread"],
+                   help="for --blocks: the last k layers (contiguous) or k spread from first to last")
+    p.add_argument("--sources", default=None, help="','-separated LM sources, each at the config's model.lm.layers")
+    p.add_argument("--controls", default="none,random", help="','-separated control variants ('' for none)")
+    p.add_argument("--seeds", type=int, default=2, help="number of seeds (0..N-1)")
+    p.add_argument("--metric", default=None, help="default: the task's primary metric")
+    p.add_argument("--out", default=None, help="output dir (default runs/sweep/<config name>_<kind>)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
     return p
 
 
@@ -125,7 +144,7 @@ def _plain_parser(name: str, description: str) -> Callable[[], argparse.Argument
 
 
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
-    "train": _train_parser, "eval": _eval_parser, "ablate": _ablate_parser, "analyze": _analyze_parser,
+    "train": _train_parser, "eval": _eval_parser, "ablate": _ablate_parser, "sweep": _sweep_parser, "analyze": _analyze_parser,
     "bench": _bench_parser, "inspect": _inspect_parser, "plot-motion": _plot_motion_parser,
     "sources": _plain_parser("sources", "Named offline sources."),
     "models": _plain_parser("models", "Registered model names."),
@@ -187,6 +206,15 @@ def main_ablate(argv: Sequence[str]) -> dict:
             for k in AXES if getattr(a, k)}
     also = [m.strip() for m in a.also.split(",") if m.strip()]
     return ablate(a.config, axes, a.seeds, a.overrides, a.out, a.metric, also, a.jobs)
+
+
+def main_sweep(argv: Sequence[str]) -> dict:
+    """``CONFIG --layers SPEC | --blocks K,... | --sources S,... [key=value ...]``: train the sweep and plot it."""
+    from .sweep import plan, sweep
+    _, a = parse(["sweep", *argv])
+    kind, choices, sets = plan(a.config, a.overrides, a.layers, a.blocks, a.placement, a.sources)
+    controls = [c.strip() for c in a.controls.split(",") if c.strip()]
+    return sweep(a.config, kind, choices, a.seeds, a.overrides, controls, a.metric, a.out, a.jobs, sets)
 
 
 def main_analyze(argv: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -258,7 +286,7 @@ def main_models(argv: Sequence[str]) -> None:
 
 
 RUN: dict[str, Callable[[Sequence[str]], Any]] = {
-    "train": main_train, "eval": main_eval, "ablate": main_ablate, "analyze": main_analyze, "bench": main_bench,
+    "train": main_train, "eval": main_eval, "ablate": main_ablate, "sweep": main_sweep, "analyze": main_analyze, "bench": main_bench,
     "inspect": main_inspect, "plot-motion": main_plot_motion, "sources": main_sources, "models": main_models,
 }
 
