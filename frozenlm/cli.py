@@ -76,7 +76,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--controls", default="none,random", help="','-separated control variants ('' for none)")
     p.add_argument("--seeds", type=int, default=2, help="number of seeds (0..N-1)")
     p.add_argument("--metric", default=None, help="default: the task's primary metric")
-    p.add_argument("--out", default=None, help="output dir (default runs/sweep/<config name>_<kind>)")
+    p.add_argument("--out", default=None, help="output dir (default runs/sweep/<config name>; runs are shared between sweeps there)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
     return p
 

@@ -92,8 +92,8 @@ def _layers_value(layers: list[int]) -> str:
 def sweep(config: str, kind: str, choices: Sequence[Any], seeds: int = 2, overrides: Sequence[str] = (),
           controls: Sequence[str] = ("none", "random"), metric: str | None = None, out: str | Path | None = None,
           jobs: int = 1, layer_sets: dict[Any, list[int]] | None = None) -> dict[str, Any]:
-    """Train ``config`` once per choice x seed, plus each control variant x seed, and write sweep.csv,
-    sweep.md and sweep.png under ``out``.
+    """Train ``config`` once per choice x seed, plus each control variant x seed, and write
+    sweep_<kind>.{csv,md,png} under ``out`` (default runs/sweep/<config name>).
 
     kind ``layers``: choices are layer indices (one frozen block each). ``blocks``: choices are block
     counts, with ``layer_sets[count]`` the layers used. ``sources``: choices are LM sources, each at the
@@ -106,7 +106,7 @@ def sweep(config: str, kind: str, choices: Sequence[Any], seeds: int = 2, overri
         raise ValueError(f"sweep kind {kind!r}: use one of {KINDS}")
     cfg = load_config(config, list(overrides), schema_for=task_schema)
     metric = metric or get_task(cfg.task).primary_metric
-    out_dir = Path(out or f"runs/sweep/{Path(config).stem}_{kind}")
+    out_dir = Path(out or f"runs/sweep/{Path(config).stem}")
     seed_list = range(seeds)
     if kind == "sources":
         axes = {"variants": ["frozen"], "sources": [str(c) for c in choices]}
@@ -138,7 +138,8 @@ def _stats(s: dict[str, Any]) -> dict[str, Any]:
 
 def _write(out_dir: Path, kind: str, metric: str, points: list[dict], bands: list[dict], rows: list[dict],
            title: str) -> dict[str, Path]:
-    csv_path, md_path, png_path = out_dir / "sweep.csv", out_dir / "sweep.md", out_dir / "sweep.png"
+    # Named by kind, so a layer sweep and a block sweep can share one folder (and its control runs).
+    csv_path, md_path, png_path = (out_dir / f"sweep_{kind}.{ext}" for ext in ("csv", "md", "png"))
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "seed", "variant", kind, metric])
