@@ -40,20 +40,89 @@ class _UpcastLinear(torch.autograd.Function):
         return g @ w.to(g.dtype), None, None
 
 
-class Linear(nn.Linear):
-    """nn.Linear whose (frozen) weights may be stored in a lower precision than the activations.
+def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """x W^T + b with W (and b) possibly stored in a lower precision than x: compute runs in x's dtype
+    (or the autocast dtype), so bf16 storage only saves memory and works where bf16 is not native."""
+    if w.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, w, b)
+    if w.requires_grad or (b is not None and b.requires_grad):
+        return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
+    return _UpcastLinear.apply(x, w, b)
 
-    The storage dtype then only saves memory: compute runs in the activations' dtype (or the
-    autocast dtype), so bf16 storage works on CPUs without fast bf16 matmuls.
-    """
+
+class Linear(nn.Linear):
+    """nn.Linear whose (frozen) weights may be stored in a lower precision than the activations."""
 
     def forward(self, x: Tensor) -> Tensor:
-        w, b = self.weight, self.bias
-        if w.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
-            return F.linear(x, w, b)
-        if w.requires_grad or (b is not None and b.requires_grad):
-            return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
-        return _UpcastLinear.apply(x, w, b)
+        return linear(x, self.weight, self.bias)
+
+
+class _Packed(nn.Module):
+    """Base of modules whose sibling projections (q/k/v, gate/up) read the same input.
+
+    After every move (`.to()`, `.cuda()`, loading, all of which go through `_apply`) their weights
+    are laid out as consecutive slices of one tensor, so when they are frozen a single larger GEMM
+    computes all of them: exact, with the same state-dict keys, values and digests (the parameters
+    are views). Trainable or re-assigned weights fall back to one GEMM per projection.
+    """
+
+    _pack_names: tuple[str, ...] = ()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "_Packed":
+        out = super()._apply(fn, recurse)
+        self.pack_()
+        return out
+
+    def _projections(self) -> list[nn.Linear]:
+        return [getattr(self, n) for n in self._pack_names if getattr(self, n, None) is not None]
+
+    def pack_(self) -> None:
+        """Re-lay the projections' weights (and biases) out as slices of one tensor each."""
+        mods = self._projections()
+        if len(mods) < 2 or any(m.weight.is_meta for m in mods):
+            return
+        for attr in ("weight", "bias"):
+            ps = [getattr(m, attr) for m in mods]
+            if any(p is None for p in ps) or len({(p.dtype, p.device) for p in ps}) != 1 or _consecutive(ps):
+                continue
+            with torch.no_grad():
+                flat = torch.cat([p.detach().reshape(-1) for p in ps])
+            start = 0
+            for p in ps:
+                p.data = flat[start:start + p.numel()].view(p.shape)
+                start += p.numel()
+
+    def fused(self, x: Tensor) -> list[Tensor] | None:
+        """Each projection of ``x``, from one GEMM, if all of them are frozen and packed; else None."""
+        mods = self._projections()
+        ws = [m.weight for m in mods]
+        if len(mods) < 2 or any(w.requires_grad for w in ws) or not _consecutive(ws):
+            return None
+        bs = [m.bias for m in mods]
+        if any(b is not None for b in bs) and (any(b is None or b.requires_grad for b in bs) or not _consecutive(bs)):
+            return None
+        w = _joined(ws)
+        b = _joined(bs) if bs[0] is not None else None
+        return list(linear(x, w, b).split([t.shape[0] for t in ws], dim=-1))
+
+
+def _consecutive(ts: list[Tensor]) -> bool:
+    """True when the tensors are contiguous, of one dtype, and follow each other in one storage."""
+    if not all(t.is_contiguous() and t.dtype == ts[0].dtype for t in ts):
+        return False
+    ptr = ts[0].untyped_storage().data_ptr()
+    if any(t.untyped_storage().data_ptr() != ptr for t in ts):
+        return False
+    return all(a.data_ptr() + a.numel() * a.element_size() == b.data_ptr() for a, b in zip(ts, ts[1:]))
+
+
+def _joined(ts: list[Tensor]) -> Tensor:
+    """The tensor spanning consecutive slices ``ts`` (checked by `_consecutive`), without a copy."""
+    first = ts[0]
+    rows = sum(t.shape[0] for t in ts)
+    shape = (rows, *first.shape[1:])
+    stride = first.stride() if first.dim() > 1 else (1,)
+    return first.as_strided(shape, stride, first.storage_offset())
 
 
 class LayerNorm(nn.LayerNorm):
@@ -92,7 +161,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 ATTN_IMPLS = ("sdpa", "math")
 
 
-class Attention(nn.Module):
+class Attention(_Packed):
     """Multi-head / grouped-query self-attention, optionally with QK-norm, another score scale
     (`cfg.query_scale`) and logit soft-capping (`cfg.attn_softcap`).
 
@@ -100,6 +169,8 @@ class Attention(nn.Module):
     kept for backward); "math" is the eager softmax(QK^T/sqrt(d))V the released code uses,
     kept for benchmarks and as a reference. Soft-capping always runs "math" (no fused kernel has it).
     """
+
+    _pack_names = ("q", "k", "v")
 
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
@@ -117,9 +188,10 @@ class Attention(nn.Module):
     def qkv(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Project to (B, H, N, hd) queries and (B, H_kv, N, hd) keys/values, rotated if `rope`."""
         b, n, _ = x.shape
-        q = self.q(x).view(b, n, self.n_heads, self.hd).transpose(1, 2)
-        k = self.k(x).view(b, n, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v(x).view(b, n, self.n_kv, self.hd).transpose(1, 2)
+        q, k, v = self.fused(x) or (self.q(x), self.k(x), self.v(x))
+        q = q.reshape(b, n, self.n_heads, self.hd).transpose(1, 2)
+        k = k.reshape(b, n, self.n_kv, self.hd).transpose(1, 2)
+        v = v.reshape(b, n, self.n_kv, self.hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -166,8 +238,10 @@ class Attention(nn.Module):
         return self.scores(q.float(), k.float(), mask, is_causal).softmax(-1)
 
 
-class MLP(nn.Module):
+class MLP(_Packed):
     """SwiGLU (gate * up -> down) when `cfg.gated`, else up -> act -> down."""
+
+    _pack_names = ("gate", "up")
 
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
@@ -178,7 +252,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate is not None:
-            return self.down(self.act(self.gate(x)) * self.up(x))
+            gate, up = self.fused(x) or (self.gate(x), self.up(x))
+            return self.down(self.act(gate) * up)
         return self.down(self.act(self.up(x)))
 
 
