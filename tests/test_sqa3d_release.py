@@ -205,6 +205,16 @@ def test_meta_file_without_or_with_a_broken_axis_alignment(tmp_path: Path) -> No
         _val(tmp_path)
 
 
+def test_unreadable_raw_vertices_follow_on_error(tmp_path: Path) -> None:
+    _write_release(tmp_path)
+    bad = tmp_path / "scannet_data" / f"{SCENES[1]}_vert.npy"
+    bad.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(DataFileError, match=re.escape(str(bad))):
+        _val(tmp_path)
+    ds = _val(tmp_path, "+data.on_error=skip")
+    assert {s["scene_id"] for s in ds.samples} == {SCENES[0]} and ds.skipped["unreadable_scene"] == 1
+
+
 def test_raw_frame_only_when_asked_for(tmp_path: Path) -> None:
     rel = _write_release(tmp_path, meta=False)  # no meta files at all: only the raw frame works
     with pytest.raises(ValueError, match="no ScanNet meta file"):

@@ -333,11 +333,10 @@ def align_samples(samples: list[dict[str, Any]], files: dict[Any, Path], scene_d
         frames[sid] = (matrix, centre)
     first = f"{missing[0]}: looked for {', '.join(map(str, tried[missing[0]]))}" if missing else ""
     counts = {"missing_meta": sum(s["scene_id"] in set(missing) for s in samples)}
-    _report({"missing_meta": missing},
-            {"missing_meta": f"scenes have no ScanNet meta file <scene_id>.txt for data.situation_frame=aligned "
-                             f"({first})"},
-            counts["missing_meta"], on_missing, "Set data.meta_dir to ScanNet's scans/ folder (scans/<scene_id>/<scene_id>.txt), or "
-                        "data.situation_frame=raw to keep the annotated situations with raw clouds (<scene_id>_vert.npy, centred)")
+    what = f"scenes have no ScanNet meta file <scene_id>.txt for data.situation_frame=aligned ({first})"
+    _report({"missing_meta": missing}, {"missing_meta": what}, counts["missing_meta"], on_missing,
+            "Set data.meta_dir to ScanNet's scans/ folder (scans/<scene_id>/<scene_id>.txt), or data.situation_frame=raw "
+            "to keep the annotated situations with raw clouds (<scene_id>_vert.npy, centred)")
     if no_line:
         warnings.warn(f"{len(no_line)} ScanNet meta files have no axisAlignment line (first: {no_line[:3]}); "
                       "their situations use the identity, as SQA3D's loader does")
