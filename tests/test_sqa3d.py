@@ -219,8 +219,11 @@ def _write_sqa3d(root: Path) -> None:
 
 
 def _sqa3d_cfg(root: Path, *extra: str):
+    # These fixtures have no ScanNet meta files: the raw frame (the annotated situations); the default
+    # axis-aligned frame is tested in test_sqa3d_release.py.
     return load_config("configs/sqa3d/sqa3d.yaml", [f"data.root={root}", f"data.scene_dir={root / 'scenes'}",
-                                                     "data.num_points=64", "data.scene_points=1000", *extra])
+                                                     "data.num_points=64", "data.scene_points=1000",
+                                                     "data.situation_frame=raw", *extra])
 
 
 def test_sqa3d_reader_fixtures(tmp_path: Path) -> None:

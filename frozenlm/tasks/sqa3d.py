@@ -45,7 +45,8 @@ class SituatedQA(Task):
         *lm_config_keys("model.lm"),
         *section("data", "name", "num_points", "max_situation_len", "max_question_len", "max_answers",
                  "scene_points", "train_scenes", "val_scenes", "test_scenes", "cache_dir", "rooms_seed",
-                 "min_objects", "max_objects", "root", "scene_dir", "on_missing", "on_error"),
+                 "min_objects", "max_objects", "root", "scene_dir", "situation_frame", "meta_dir", "on_missing",
+                 "on_error"),
         "loss.aux_weight",
     )
 
