@@ -131,8 +131,8 @@ def _import_authors_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--out", required=True, help="run directory to create (must hold no checkpoints yet)")
     p.add_argument("--model", default=None, help="frozenlm model name (default: from the checkpoint's args / shapes)")
-    p.add_argument("--lm", default=None, help="LLaMA-7B source and layer, e.g. ~/llama-7b:31 (video: :15); it must "
-                                              "equal the stored layer. Default: use the stored layer (written to OUT/lm)")
+    p.add_argument("--lm", default=None, help="LLaMA-7B source and layer, e.g. ~/llama-7b:31 (video: :15); it "
+                                              "must equal the stored layer. Default: the stored layer, written to OUT/lm")
     p.add_argument("--config", default=None, help="recipe to start from (default: the shipped one for the model; "
                                                   "required for point clouds, whose split the file does not record)")
     p.add_argument("--frozen-dtype", default=None, choices=("float32", "bfloat16"),

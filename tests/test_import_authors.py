@@ -168,7 +168,7 @@ def test_meta_and_hf_sources_give_the_same_digest_and_the_stored_layer_does_too(
     a, _, _ = _import_image(tmp_path / "a", llama, "meta")
     b, _, _ = _import_image(tmp_path / "b", llama, "hf")
     c, sd, vit = _import_image(tmp_path / "c", llama, None, lm_heads=F.HEADS, lm_norm_eps=EPS)
-    assert a.lm["digest"] == b.lm["digest"] == c.lm["digest"]
+    assert a.lm["digest"] == b.lm["digest"] == c.lm["digest"] == a.lm["digest_float32"]
     # no --lm: the stored layer became an LM source inside the run, and the run uses it
     lm_dir = c.run_dir / "lm"
     assert (lm_dir / "config.json").is_file() and (lm_dir / "model.safetensors").is_file()
@@ -196,6 +196,17 @@ def test_the_baseline_without_llama_imports_as_variant_none(tmp_path, llama):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(model(x), vit(x), atol=TOL, rtol=0)
+
+
+def test_bf16_storage_of_the_frozen_block_is_recorded(tmp_path, llama):
+    import frozenlm
+    res, _, _ = _import_image(tmp_path, llama, "meta", frozen_dtype="bfloat16")
+    model, cfg = frozenlm.load_trained(res.run_dir)
+    assert cfg.model.lm.frozen_dtype == "bfloat16" and res.lm["dtype"] == "bfloat16"
+    assert model.lm_layer.blocks.layers[0].attn.q.weight.dtype == torch.bfloat16
+    meta = json.loads((res.step_dir / "meta.json").read_text())
+    assert meta["frozen_sources"]["lm_layer"]["dtype"] == "bfloat16"
+    assert meta["frozen_sources"]["lm_layer"]["digest"] == res.lm["digest"] != res.lm["digest_float32"]
 
 
 def test_ema_weights_can_be_imported_instead(tmp_path, llama):
@@ -289,6 +300,28 @@ def test_a_checkpoint_needing_another_global_is_refused_without_running_it(tmp_p
         import_authors(tmp_path / "sub.pth", "image", tmp_path / "r2", model="vit_mini_patch4_32", verbose=False)
 
 
+def test_files_saved_from_gpus_by_old_torch_or_truncated(tmp_path, llama, monkeypatch):
+    """The released files were written on GPUs (storages tagged cuda:0) and maybe by torch < 1.6 (not a zip):
+    both load on a CPU-only machine; a truncated download is a one-line error."""
+    import torch.serialization as S
+    from frozenlm.interop.authors_files import read_authors_checkpoint
+    hf = llama[0]
+    with monkeypatch.context() as m:
+        m.setattr(S, "location_tag", lambda storage: "cuda:0")
+        sd = pointcloud_checkpoint(tmp_path / "gpu.pth", hf)
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "gpu.pth") as z:
+        assert b"cuda:0" in z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    ck = read_authors_checkpoint(tmp_path / "gpu.pth", "pointcloud")
+    assert set(ck.state) == set(sd) and ck.state["norm.weight"].device.type == "cpu"  # 'module.' removed
+    assert math.isclose(ck.extra["metrics"]["acc"], 83.87, rel_tol=1e-6) and ck.epoch == 300
+    torch.save({"base_model": sd, "epoch": 1}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert set(read_authors_checkpoint(tmp_path / "legacy.pth", "pointcloud").state) == set(sd)
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "gpu.pth").read_bytes()[:4000])
+    with pytest.raises(CheckpointError, match=r"cannot read .*cut\.pth.*truncated download"):
+        read_authors_checkpoint(tmp_path / "cut.pth", "pointcloud")
+
+
 def test_a_checkpoint_of_another_format_gets_a_hint(tmp_path, llama):
     _, sd, _ = image_checkpoint(tmp_path / "ok.pth", llama[0])
     torch.save({"base_model": sd, "optimizer": optimizer_state(), "epoch": 3, "metrics": {}, "best_metrics": {}},
@@ -302,7 +335,8 @@ def test_model_names_and_recipes_follow_the_authors_args():
     assert infer_model_name("image", {"model": "vit_llama_small_patch16_224"}, {}, "f") == "vit_small_patch16_224"
     assert infer_model_name("image", {"model": "vit_base_patch16_224"}, {}, "f") == "vit_base_patch16_224"
     assert infer_model_name("video", {"model": "vit_llama_base_patch16_224"}, {}, "f") == "videomae_base_patch16_224"
-    sd = {"cls_token": torch.zeros(1, 1, 384), **{f"blocks.blocks.{i}.norm1.weight": torch.ones(384) for i in range(12)}}
+    sd = {"cls_token": torch.zeros(1, 1, 384),
+          **{f"blocks.blocks.{i}.norm1.weight": torch.ones(384) for i in range(12)}}
     assert infer_model_name("pointcloud", None, sd, "f") == "point_bert"
     assert default_recipe("image", "vit_small_patch16_224", True) == "image/imagenet_vit_s_llama7b.yaml"
     assert default_recipe("video", "videomae_base_patch16_224", False) == "video/ssv2_vit_b.yaml"
@@ -541,3 +575,11 @@ def test_cli_import_authors(tmp_path, llama, capsys):
     with pytest.raises(SystemExit):  # a bad input: one line, exit code 2
         main(["import-authors", str(tmp_path / "missing.pth"), "--task", "pointcloud", "--out", str(tmp_path / "x")])
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_analyze_reads_an_imported_image_run(tmp_path, llama):
+    from frozenlm.cli import main
+    res, _, _ = _import_image(tmp_path, llama, "meta")
+    main(["analyze", str(res.run_dir), "n=4", "figures=1", "batch=4", f"out={tmp_path / 'analysis'}"])
+    table = (tmp_path / "analysis" / "miou.csv").read_text()
+    assert "F_L1" in table and "F_L2" in table

@@ -286,7 +286,10 @@ def import_authors(checkpoint: str | Path, task: str, out: str | Path, *, model:
                     f"consolidated.00.pth: check the path and the layer suffix (--lm /path/to/llama-7b:"
                     f"{AUTHORS_LAYER[task]}); a bfloat16 copy of LLaMA also differs.")
             digest = compare_blocks(stored, fp32, where, f"layer(s) {layers} of {source}", hint)
-            lm_info = {"source": source, "layers": layers, "digest": digest, "dtype": frozen_dtype or "float32",
+            # `digest` is what the run's meta.json records (of the block in its storage dtype); the
+            # comparison was made in float32
+            lm_info = {"source": source, "layers": layers, "digest": net.lm_layer.frozen_digest(),
+                       "digest_float32": digest, "dtype": frozen_dtype or "float32",
                        "check": ("the stored layer, written to " + source) if written
                        else "equals the stored layer (same SHA-256 after the q/k row conversion)"}
         meta = {"config": cfg.to_dict(), "epoch": None, "frozenlm_version": _version(),
