@@ -189,8 +189,9 @@ def _load_weights(model: torch.nn.Module, task: str, split: SplitState, where: P
     if left or result.unexpected_keys:
         raise CheckpointError(f"internal: keys not loaded {left}, unexpected {result.unexpected_keys}")
     report.loaded = sorted(clean)
-    for names in split.llama_names:
-        report.dropped += [f"{n} (frozen LLaMA: compared with the source, not stored)" for n in names.values()]
+    for j, names in enumerate(split.llama_names):
+        report.dropped.append(f"llama.layers.{j}.* ({len(names)} tensors of the frozen LLaMA layer: compared with "
+                              f"the source, not stored)")
     if split.llama_norm is not None:
         report.dropped.append(f"{LLAMA_NORM} (all ones: frozenlm's unit RMSNorm)")
     return report
