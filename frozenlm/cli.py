@@ -23,6 +23,7 @@ COMMANDS = {
     "plot-motion": "plot-motion RUN --out FILE [--split val] [--indices 0,1,2]",
     "sources": "sources",
     "models": "models",
+    "import-authors": "import-authors CKPT --task image|video|pointcloud [--model NAME] [--lm LLAMA_DIR:31] --out DIR",
 }
 
 
@@ -139,6 +140,28 @@ def _plot_motion_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _import_authors_parser() -> argparse.ArgumentParser:
+    from .interop.authors import TASKS
+    p = _Parser(prog="frozenlm import-authors",
+                description="Turn a checkpoint released by the paper's authors (ziqipang/LM4VisualEncoding) into a "
+                            "frozenlm run directory that eval, analyze, load_trained and init_from= accept.")
+    p.add_argument("checkpoint", help="the authors' .pth file (DeiT, VideoMAE or Point-BERT format)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the recipe, e.g. data.root=/data/imagenet")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--out", required=True, help="run directory to create (must hold no checkpoints yet)")
+    p.add_argument("--model", default=None, help="frozenlm model name (default: from the checkpoint's args / shapes)")
+    p.add_argument("--lm", default=None, help="LLaMA-7B source and layer, e.g. ~/llama-7b:31 (video: :15); it "
+                                              "must equal the stored layer. Default: the stored layer, written to OUT/lm")
+    p.add_argument("--config", default=None, help="recipe to start from (default: the shipped one for the model; "
+                                                  "required for point clouds, whose split the file does not record)")
+    p.add_argument("--frozen-dtype", default=None, choices=("float32", "bfloat16"),
+                   help="storage dtype of the frozen block (default float32, as the checkpoint stores it)")
+    p.add_argument("--weights", default="model", choices=("model", "ema"), help="the trained weights or model_ema")
+    p.add_argument("--lm-heads", type=int, default=None, help="heads of a stored layer that is not 4096 wide")
+    p.add_argument("--lm-norm-eps", type=float, default=None, help="RMSNorm eps of a stored layer not 4096 wide")
+    return p
+
+
 def _plain_parser(name: str, description: str) -> Callable[[], argparse.ArgumentParser]:
     return lambda: _Parser(prog=f"frozenlm {name}", description=description)
 
@@ -148,6 +171,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "bench": _bench_parser, "inspect": _inspect_parser, "plot-motion": _plot_motion_parser,
     "sources": _plain_parser("sources", "Named offline sources."),
     "models": _plain_parser("models", "Registered model names."),
+    "import-authors": _import_authors_parser,
 }
 
 
@@ -285,9 +309,22 @@ def main_models(argv: Sequence[str]) -> None:
     print("(plus every timm vit_*/deit_* name, e.g. vit_small_patch16_224)")
 
 
+def main_import_authors(argv: Sequence[str]) -> str:
+    """``CKPT --task T --out DIR [--lm SRC:L] [key=value ...]``: import an authors' released checkpoint."""
+    from .interop import import_authors
+    _, a = parse(["import-authors", *argv])
+    result = import_authors(a.checkpoint, a.task, a.out, model=a.model, lm=a.lm, config=a.config,
+                            overrides=a.overrides, frozen_dtype=a.frozen_dtype, weights=a.weights,
+                            lm_heads=a.lm_heads, lm_norm_eps=a.lm_norm_eps, verbose=False)
+    print(result.summary())
+    print(f"evaluate: frozenlm eval {result.run_dir} [data.root=...]")
+    return str(result.step_dir)
+
+
 RUN: dict[str, Callable[[Sequence[str]], Any]] = {
     "train": main_train, "eval": main_eval, "ablate": main_ablate, "sweep": main_sweep, "analyze": main_analyze, "bench": main_bench,
     "inspect": main_inspect, "plot-motion": main_plot_motion, "sources": main_sources, "models": main_models,
+    "import-authors": main_import_authors,
 }
 
 

@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 20,
     "progress": True,
     "resume": "auto",  # auto | null | path to a checkpoint (or run dir)
+    "init_from": None,  # a frozenlm checkpoint whose weights (only: no optimizer, step or RNG) start a new run
     "distributed": {"backend": "auto", "find_unused_parameters": False},
 }
 

@@ -130,6 +130,10 @@ class _Trainer:
         if resume is not None:
             self._resume(resume)
         else:
+            if cfg.init_from:  # fine-tuning: the weights only; a resumed run has its own weights already
+                loaded = ckpt.load_checkpoint(cfg.init_from, self.model)
+                if info.is_main:
+                    print(f"initialised the weights from {loaded['path']}", file=sys.stderr, flush=True)
             seed_all(cfg.seed + info.rank)  # per-rank stream for dropout / mixup
 
         self.ddp = None
@@ -162,8 +166,12 @@ class _Trainer:
                                  keep_last=self.cfg.keep_last, is_best=is_best)
 
     def _resume(self, path: Path) -> None:
+        state = ckpt.load_train_state(path)
+        if "steps_per_epoch" not in state:
+            raise ckpt.CheckpointError(f"cannot resume {path}: it holds weights but no training state (e.g. a model "
+                                       f"imported with `frozenlm import-authors`); start a new run from its weights "
+                                       f"with init_from={path} and another run_dir")
         info = ckpt.load_checkpoint(path, self.model)
-        state = ckpt.load_train_state(info["path"])
         if state["steps_per_epoch"] != self.spe:
             raise ValueError(f"cannot resume {info['path']}: it has {state['steps_per_epoch']} steps per epoch, "
                              f"this run {self.spe} (dataset size or batch_size changed)")
