@@ -12,7 +12,7 @@ from torchvision.datasets import ImageFolder
 
 from .errors import FilePolicy, read_image
 
-__all__ = ["CheckedImageFolder", "FlatLabelledFolder", "IMAGE_EXTENSIONS", "class_folder_names"]
+__all__ = ["CheckedImageFolder", "FlatLabelledFolder", "IMAGE_EXTENSIONS", "class_folder_names", "image_files"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
 
