@@ -328,6 +328,32 @@ RUN: dict[str, Callable[[Sequence[str]], Any]] = {
 }
 
 
+# -- convert-modelnet (self-contained: parser, command and registration) ------------------------
+def _convert_modelnet_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="frozenlm convert-modelnet",
+                description="Convert Point-BERT's modelnet40_*_fps.dat (a pickle, read with a numpy-only "
+                            "restricted unpickler) into the .npz that data.name=modelnet40_fps reads.")
+    p.add_argument("dat", help="Point-BERT's modelnet40_{train,test}_8192pts_fps.dat")
+    p.add_argument("out", help="output .npz, e.g. modelnet40_train_8192pts_fps.npz next to it")
+    p.add_argument("--shape-names", default=None,
+                   help="class names file (default: modelnet40_shape_names.txt next to DAT, else the standard 40)")
+    return p
+
+
+def main_convert_modelnet(argv: Sequence[str]) -> dict[str, Any]:
+    """``DAT OUT [--shape-names FILE]``: convert one Point-BERT ModelNet .dat into a safe .npz."""
+    from .data.modelnet_dat import convert_modelnet_dat
+    _, a = parse(["convert-modelnet", *argv])
+    info = convert_modelnet_dat(a.dat, a.out, a.shape_names)
+    print(f"wrote {info['out']}: {info['clouds']} clouds x {info['points']} points, {info['classes']} classes")
+    return info
+
+
+COMMANDS["convert-modelnet"] = "convert-modelnet DAT OUT [--shape-names FILE]"
+PARSERS["convert-modelnet"] = _convert_modelnet_parser
+RUN["convert-modelnet"] = main_convert_modelnet
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `frozenlm` console script (also `python -m frozenlm.cli`)."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -17,14 +17,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import FilePolicy, on_error_policy
-from .folder import CheckedImageFolder
+from .folder import CheckedImageFolder, FlatLabelledFolder, class_folder_names, image_files
+from .imagenet_release import VAL_IMAGE, is_wnid, read_val_labels
 from .imagenet_variants import (
     ImageNetCConcat,
     WnidImageFolder,
     build_imagenet_subset,
     imagenet_c_datasets,
 )
-from .tarshards import TarShardDataset
+from .tarshards import TarShardDataset, find_shards
 from .transforms import _data_section, imagenet_transform, small_image_transform
 
 DATASET_NAMES: tuple[str, ...] = (
@@ -161,6 +162,13 @@ def build_image_folder(path: str | os.PathLike, transform: Callable | None = Non
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"image folder {str(path)!r} does not exist; expected layout {_FOLDER_LAYOUT}")
+    if not class_folder_names(path):
+        flat = image_files(path)
+        if flat and any(VAL_IMAGE.match(f.stem) for f in flat[:100]):
+            raise FileNotFoundError(
+                f"image folder {str(path)!r} holds {len(flat)} images without class folders: ImageNet's flat "
+                "validation set as released. Set data.val_labels to the devkit (ILSVRC2012_devkit_t12 folder or "
+                ".tar.gz) or to Kaggle's LOC_val_solution.csv (docs/data_image.md)")
     try:
         ds = CheckedImageFolder(path, transform=transform, policy=policy)
     except FileNotFoundError as e:
@@ -180,6 +188,53 @@ def _split_dir(cfg: Mapping[str, Any], split: str) -> str:
     if split in ("val", "test", "eval"):
         return cfg.get("val_dir", "val")
     raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
+
+
+def _train_classes(cfg: Mapping[str, Any], root: str | None) -> list[str] | None:
+    """The classes of the training split when a listing shows them (class folders, or shards named
+    by wnid); None when only reading the data would (e.g. ILSVRC2012_img_train.tar itself)."""
+    name = cfg.get("name")
+    if name == "imagefolder" and root is not None:
+        folder = Path(root) / _split_dir(cfg, "train")
+        return (class_folder_names(folder) or None) if folder.is_dir() else None
+    if name == "tarshards":
+        spec = cfg.get("train_shards") or (str(Path(root) / _split_dir(cfg, "train")) if root else None)
+        try:
+            shards = find_shards(spec) if spec is not None else []
+        except FileNotFoundError:
+            return None
+        stems = [p.name[:-len(".tar")] for p in shards]
+        return sorted(set(stems)) if stems and all(is_wnid(s) for s in stems) else None
+    return None
+
+
+def _flat_val_dataset(cfg: Mapping[str, Any], root: str | None, tf: Callable, nc: Any,
+                      policy: FilePolicy) -> Dataset:
+    """ImageNet's flat validation images labelled by ``data.val_labels`` (devkit or Kaggle csv).
+
+    Labels are positions in the sorted training classes when a listing shows them, else in the
+    sorted wnids the label file knows (the 1000 ImageNet classes): the order ImageFolder gives the
+    training split, so a wnid has the same index in both splits."""
+    labels, known = read_val_labels(cfg["val_labels"])
+    classes = _train_classes(cfg, root) or known
+    if nc is not None and len(classes) != int(nc):
+        raise ValueError(f"data.val_labels {cfg['val_labels']}: {len(classes)} classes, expected "
+                         f"data.num_classes={nc}")
+    source = f"data.val_labels ({cfg['val_labels']})"
+    if cfg.get("name") == "tarshards":
+        spec = cfg.get("val_shards") or (str(Path(root) / _split_dir(cfg, "val")) if root else None)
+        if spec is None:
+            raise ValueError("tarshards needs data.val_shards (e.g. ILSVRC2012_img_val.tar) or data.root")
+        # class_names: a label outside the classes in use is an error naming it (TarShardDataset)
+        return TarShardDataset(spec, transform=tf, class_names=classes, cache_index=bool(cfg.get("cache_index", True)),
+                               policy=policy, member_labels=labels)
+    folder = Path(root) / _split_dir(cfg, "val")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"validation folder {str(folder)!r} does not exist (data.root/data.val_dir)")
+    if class_folder_names(folder) and not image_files(folder):
+        raise ValueError(f"validation folder {str(folder)!r} is already sorted into class folders; leave "
+                         "data.val_labels unset (it labels the flat ILSVRC2012_val_*.JPEG folder)")
+    return FlatLabelledFolder(folder, labels, classes, transform=tf, policy=policy, labels_source=source)
 
 
 def _maybe_subset(ds: Dataset, cfg: Mapping[str, Any], split: str) -> Dataset:
@@ -235,7 +290,12 @@ def build_image_dataset(cfg_data: Mapping[str, Any], split: str = "train", train
         return ds
     if root is None and name != "tarshards":
         raise ValueError(f"data.root must be set for data.name={name!r}")
-    if name == "imagefolder":
+    if cfg.get("val_labels") and split != "train":
+        if name not in ("imagefolder", "tarshards"):
+            raise ValueError(f"data.val_labels labels ImageNet's flat validation images; it applies to "
+                             f"data.name imagefolder or tarshards, not {name!r}")
+        ds = _flat_val_dataset(cfg, root, tf, nc, policy)
+    elif name == "imagefolder":
         ds = build_image_folder(Path(root) / _split_dir(cfg, split), tf, nc, policy)
     elif name == "tarshards":
         key = "train_shards" if split == "train" else "val_shards"

@@ -1,4 +1,5 @@
-"""Point-cloud classification data: ScanObjectNN h5, ModelNet40 (resampled text and h5), offline shapes.
+"""Point-cloud classification data: ScanObjectNN h5, ModelNet40 (resampled text, Point-BERT's FPS files, h5),
+offline shapes.
 
 Datasets hold every stored point of each cloud ((P, 3) float32 tensors); the per-batch sampling
 (FPS to 1200 then a random 1024 for training, FPS to 1024 for testing) and the scale-and-translate
@@ -19,11 +20,13 @@ from tqdm import tqdm
 from ..ops.points import farthest_point_sample, gather_points
 from .cache import cache_key, load_or_build
 from .errors import DataFileError, FilePolicy, on_error_policy
+from .modelnet_dat import read_modelnet_npz
 from .synthetic.pointcloud import SHAPE_CLASSES, load_or_generate_shapes
 
 __all__ = ["PointCloudDataset", "SCANOBJECTNN_CLASSES", "SCANOBJECTNN_FILES", "POINTCLOUD_DATASETS",
-           "read_h5_clouds", "read_modelnet_txt", "read_modelnet_h5", "read_scanobjectnn", "build_pointcloud_dataset",
-           "pc_normalize", "sample_points", "scale_and_translate"]
+           "read_h5_clouds", "read_modelnet_txt", "read_modelnet_fps", "read_modelnet_h5", "read_scanobjectnn",
+           "build_pointcloud_dataset", "pc_normalize", "sample_points", "scale_and_translate",
+           "MODELNET_SELECTIONS", "MODELNET_FPS_SEED", "modelnet_fps_starts"]
 
 SCANOBJECTNN_CLASSES = ("bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
                         "pillow", "sink", "sofa", "toilet")
@@ -34,7 +37,13 @@ SCANOBJECTNN_FILES = {
     "PB_T50_RS": ("main_split", "training_objectdataset_augmentedrot_scale75.h5",
                   "test_objectdataset_augmentedrot_scale75.h5"),
 }
-POINTCLOUD_DATASETS = ("shapes", "scanobjectnn", "modelnet40", "modelnet40_h5")
+POINTCLOUD_DATASETS = ("shapes", "scanobjectnn", "modelnet40", "modelnet40_fps", "modelnet40_h5")
+#: ``data.point_selection`` for ModelNet40 text: Point-BERT's ``uniform=True`` (FPS over every point of
+#: the file, what the paper ran) or ``uniform=False`` (the first points of the file).
+MODELNET_SELECTIONS = ("fps", "first")
+#: Seed of the per-cloud FPS start points (Point-BERT draws them from the unseeded np.random).
+MODELNET_FPS_SEED = 0
+_FPS_BATCH = 64  # clouds per FPS call while building the cache
 
 
 class PointCloudDataset(Dataset):
@@ -123,7 +132,8 @@ def _first(root: Path, names: Sequence[str]) -> Path:
     return next((root / n for n in names if (root / n).exists()), root / names[0])
 
 
-def _read_modelnet_file(f: Path, num_points: int) -> np.ndarray:
+def _read_modelnet_file(f: Path, num_points: Optional[int]) -> np.ndarray:
+    """xyz of one text file: the first ``num_points`` points, or every point (None)."""
     if f.stat().st_size == 0:
         raise DataFileError(f"{f} is empty", f)
     try:
@@ -132,20 +142,59 @@ def _read_modelnet_file(f: Path, num_points: int) -> np.ndarray:
         raise DataFileError(f"{f}: not a ModelNet text file of 'x,y,z[,nx,ny,nz]' lines ({e})", f) from None
     if arr.shape[1] < 3:
         raise DataFileError(f"{f}: expected lines 'x,y,z[,nx,ny,nz]', got {arr.shape[1]} values per line", f)
-    if arr.shape[0] < num_points:
+    if num_points is not None and arr.shape[0] < num_points:
         raise DataFileError(f"{f} has {arr.shape[0]} points, fewer than data.num_points={num_points}", f)
-    return arr[:num_points, :3]
+    return np.ascontiguousarray(arr[:num_points, :3])
+
+
+def modelnet_fps_starts(positions: Sequence[int], sizes: Sequence[int], seed: int = MODELNET_FPS_SEED) -> list[int]:
+    """FPS start index of the files at list ``positions`` with ``sizes`` points: uniform in [0, size),
+    as Point-BERT's ``np.random.randint(0, N)``, but drawn from ``default_rng([seed, position])``, so
+    the cache is reproducible and one file's start does not depend on any other file."""
+    return [int(np.random.default_rng([seed, int(i)]).integers(n)) for i, n in zip(positions, sizes)]
+
+
+def _fps_select(clouds: list[np.ndarray], starts: list[int], num_points: int,
+                device: Optional[torch.device] = None) -> list[np.ndarray]:
+    """Point-BERT's ``farthest_point_sample`` (squared distance on xyz, given start, ties to the lowest
+    index) of each cloud down to ``num_points``, in selection order; equal-size clouds share a call.
+    ``device``: where FPS runs (default: the current GPU if there is one, else the CPU)."""
+    out: list[Optional[np.ndarray]] = [None] * len(clouds)
+    by_size: dict[int, list[int]] = {}
+    for i, c in enumerate(clouds):
+        if c.shape[0] < num_points:
+            raise ValueError(f"cloud {i} has {c.shape[0]} points, fewer than data.file_points={num_points}")
+        by_size.setdefault(c.shape[0], []).append(i)
+    # A GPU, when there is one, builds the cache much sooner (the CPU needs ~0.45 s per cloud). It
+    # should pick the same points: each step is one correctly rounded float32 sub, mul or add per
+    # element (separate kernels, nothing to fuse into an FMA) and an argmax whose ties go to the
+    # lowest index on both. benchmarks/modelnet_fps.py checks this; it has not yet run on a GPU.
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    for members in by_size.values():
+        xyz = torch.from_numpy(np.stack([clouds[i] for i in members])).to(device)
+        idx = farthest_point_sample(xyz, num_points, start=torch.tensor([starts[i] for i in members], device=device))
+        for j, i in enumerate(members):
+            out[i] = clouds[i][idx[j].cpu().numpy()]
+    return out  # type: ignore[return-value]
 
 
 def read_modelnet_txt(root: str | Path, split: str, num_points: int = 8192, num_classes: int = 40,
                       cache: bool = True, progress: bool = True, policy: Optional[FilePolicy] = None,
-                      cache_dir: Optional[str | Path] = None) -> PointCloudDataset:
+                      cache_dir: Optional[str | Path] = None, selection: str = "first") -> PointCloudDataset:
     """ModelNet40 'modelnet40_normal_resampled': ``<class>/<class>_NNNN.txt`` lines ``x,y,z,nx,ny,nz``,
-    listed by ``modelnet40_{train,test}.txt`` with names in ``modelnet40_shape_names.txt``. The first
-    ``num_points`` points are kept (the files are already FPS-ordered resamplings) and normalised to
-    the unit sphere. ``policy``: unreadable files raise, or are skipped with their labels. Parsed
-    arrays are cached as .npz (no pickle) in ``cache_dir`` (default: next to the data), keyed on
-    the list files, every listed file (name, size, mtime) and the settings."""
+    listed by ``modelnet40_{train,test}.txt`` with names in ``modelnet40_shape_names.txt``.
+
+    ``selection`` picks ``num_points`` of each file's points as Point-BERT's ``ModelNetDataset`` does
+    (lulutang0608/Point-BERT, datasets/ModelNetDataset.py): ``"fps"`` (its ``uniform=True``, what the
+    paper ran) runs farthest-point sampling over every point of the file (see
+    :func:`modelnet_fps_starts` for the start point); ``"first"`` (``uniform=False``) keeps the first
+    ones. The selected xyz are then normalised to the unit sphere (Point-BERT's ``pc_normalize``).
+    ``policy``: unreadable files raise, or are skipped with their labels. The result is cached as
+    .npz (no pickle) in ``cache_dir`` (default: next to the data), keyed on the list files, every
+    listed file (name, size, mtime) and the settings (``num_points``, ``selection``, the FPS seed)."""
+    if selection not in MODELNET_SELECTIONS:
+        raise ValueError(f"data.point_selection must be one of {'|'.join(MODELNET_SELECTIONS)}, got {selection!r}")
     root = Path(root).expanduser()
     policy = policy or FilePolicy()
     names_file = _first(root, [f"modelnet{num_classes}_shape_names.txt", "shape_names.txt"])
@@ -163,14 +212,34 @@ def read_modelnet_txt(root: str | Path, split: str, num_points: int = 8192, num_
         files.append(f)
         labels.append(index[cls])
     what = f"ModelNet{num_classes} {split}"
+    fps = selection == "fps"
 
     def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
         clouds, kept = [], []
-        for f, lab in tqdm(list(zip(files, labels)), desc=f"reading {what}", disable=not progress, leave=False):
-            arr = policy.call(lambda: _read_modelnet_file(f, num_points), f"label {lab}")
-            if arr is not None:
-                clouds.append(arr)
-                kept.append(lab)
+        # FPS needs every point of a file; it runs in chunks so only a chunk of full clouds is held at once.
+        step = _FPS_BATCH if fps else len(files)
+        desc = f"reading {what}" + (f" + FPS to {num_points} points" if fps else "")
+        bar = tqdm(total=len(files), desc=desc, disable=not progress, leave=False)
+        for lo in range(0, len(files), step):
+            chunk, chunk_pos, chunk_lab = [], [], []
+            for i in range(lo, min(lo + step, len(files))):
+                arr = policy.call(lambda: _read_modelnet_file(files[i], None if fps else num_points),
+                                  f"label {labels[i]}")
+                bar.update(1)
+                if arr is None:
+                    continue
+                if fps and arr.shape[0] < num_points:
+                    policy.handle(DataFileError(f"{files[i]} has {arr.shape[0]} points, fewer than "
+                                                f"data.file_points={num_points}", files[i]), f"label {labels[i]}")
+                    continue
+                chunk.append(arr)
+                chunk_pos.append(i)
+                chunk_lab.append(labels[i])
+            if fps and chunk:
+                chunk = _fps_select(chunk, modelnet_fps_starts(chunk_pos, [len(c) for c in chunk]), num_points)
+            clouds.extend(chunk)
+            kept.extend(chunk_lab)
+        bar.close()
         policy.summary(len(files), what)
         if not clouds:
             raise ValueError(f"{lst}: none of its {len(files)} files could be read")
@@ -186,14 +255,36 @@ def read_modelnet_txt(root: str | Path, split: str, num_points: int = 8192, num_
     if not cache:
         data, lab, _ = build()
         return PointCloudDataset(data, lab, names, source=str(lst))
-    key = cache_key({"what": "modelnet_txt", "version": 2, "split": lst.name, "num_points": int(num_points),
-                     "num_classes": int(num_classes), "on_error": policy.mode}, [names_file, lst, *files], root)
-    path = Path(cache_dir or root).expanduser() / f"{lst.stem}_{num_points}pts_{key}.npz"
+    settings = {"what": "modelnet_txt", "version": 2, "split": lst.name, "num_points": int(num_points),
+                "num_classes": int(num_classes), "on_error": policy.mode}
+    if fps:  # "first" keeps its former key, so caches built before the FPS option stay valid
+        settings.update(version=3, selection="fps", fps="point-bert", fps_seed=MODELNET_FPS_SEED)
+    key = cache_key(settings, [names_file, lst, *files], root)
+    tag = "_fps" if fps else ""
+    path = Path(cache_dir or root).expanduser() / f"{lst.stem}_{num_points}pts{tag}_{key}.npz"
     data, lab, skipped = load_or_build(path, build, save, load)
     if skipped and not policy.skipped:  # read from the cache: repeat what was skipped when it was built
         policy.skipped = list(skipped)
         policy.summary(len(files), f"{what} (cached in {path.name})")
     return PointCloudDataset(data, lab, names, source=str(lst))
+
+
+def read_modelnet_fps(root: str | Path, split: str, num_points: int = 8192, num_classes: int = 40
+                      ) -> PointCloudDataset:
+    """Point-BERT's own FPS selection: ``root/modelnet40_{train,test}_<num_points>pts_fps.npz``, written
+    from its ``.dat`` by ``frozenlm convert-modelnet`` (see :mod:`frozenlm.data.modelnet_dat`); each
+    cloud is normalised to the unit sphere as Point-BERT's ``_get_item`` does."""
+    name = f"modelnet{num_classes}_{'train' if split == 'train' else 'test'}_{num_points}pts_fps.npz"
+    path = Path(root).expanduser() / name
+    if not path.is_file():
+        dat = path.with_suffix(".dat")
+        hint = (f"convert it first: frozenlm convert-modelnet {dat} {path}" if dat.is_file() else
+                f"convert Point-BERT's {dat.name} with `frozenlm convert-modelnet {dat.name} {name}`")
+        raise FileNotFoundError(f"{path} not found; {hint}")
+    data, labels, classes = read_modelnet_npz(path)
+    if len(classes) != num_classes:
+        raise ValueError(f"{path} has {len(classes)} classes, data.num_classes is {num_classes}")
+    return PointCloudDataset(pc_normalize(data[..., :3]).astype(np.float32), labels, classes, source=str(path))
 
 
 def read_modelnet_h5(root: str | Path, split: str, num_points: Optional[int] = None,
@@ -236,8 +327,13 @@ def build_pointcloud_dataset(data_cfg: Mapping[str, Any], split: str) -> PointCl
     if name == "scanobjectnn":
         return read_scanobjectnn(root, str(data_cfg.get("variant", "PB_T50_RS")), split)
     if name == "modelnet40":
+        # a plain mapping without the key keeps the former behaviour; every config sets it (fps by default)
         return read_modelnet_txt(root, split, int(data_cfg.get("file_points") or 8192),
-                                 policy=on_error_policy(data_cfg), cache_dir=data_cfg.get("cache_dir"))
+                                 policy=on_error_policy(data_cfg), cache_dir=data_cfg.get("cache_dir"),
+                                 selection=str(data_cfg.get("point_selection") or "first"))
+    if name == "modelnet40_fps":
+        return read_modelnet_fps(root, split, int(data_cfg.get("file_points") or 8192),
+                                 int(data_cfg.get("num_classes") or 40))
     return read_modelnet_h5(root, split, policy=on_error_policy(data_cfg))
 
 

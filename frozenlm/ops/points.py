@@ -68,15 +68,24 @@ def farthest_point_sample(xyz: Tensor, n_samples: int, start: Union[str, int, Te
     else:
         raise ValueError(f"farthest_point_sample: start must be one of {FPS_STARTS}, an int or a tensor, "
                          f"got {start!r}")
+    # One contiguous (B, N) plane per channel and preallocated buffers: ~3x faster than a (B, N, C)
+    # difference per step. The sum is ((d0^2 + d1^2) + d2^2) in float32, the order numpy's
+    # np.sum((xyz - c) ** 2, -1) uses (Point-BERT's reference FPS), so both pick the same points.
+    cols = [pts[..., k].contiguous() for k in range(pts.shape[-1])]
     out = torch.empty(b, n_samples, dtype=torch.long, device=xyz.device)
     dist = torch.full((b, n), float("inf"), device=xyz.device)
-    rows = torch.arange(b, device=xyz.device)
-    cur = first
+    d, t = torch.empty(b, n, device=xyz.device), torch.empty(b, n, device=xyz.device)
+    cur = first.view(b, 1)
     for i in range(n_samples):
-        out[:, i] = cur
-        d = (pts - pts[rows, cur].unsqueeze(1)).square().sum(-1)
-        dist = torch.minimum(dist, d)
-        cur = dist.argmax(-1)  # chosen points have distance 0, so they are never picked again
+        out[:, i:i + 1] = cur
+        for k, col in enumerate(cols):
+            torch.sub(col, col.gather(1, cur), out=t)
+            if k == 0:
+                torch.mul(t, t, out=d)
+            else:
+                d.add_(t.mul_(t))
+        torch.minimum(dist, d, out=dist)
+        cur = dist.argmax(-1, keepdim=True)  # chosen points have distance 0, so they are never picked again
     return out
 
 

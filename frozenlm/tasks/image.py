@@ -36,7 +36,7 @@ class ImageClassification(Task):
                  "subset_seed", "download", "train_shards", "val_shards", "cache_index", "label_space",
                  "strict_wnids", "corruptions", "severities", "img_size", "in_chans", "mean", "std", "crop_padding",
                  "hflip", "reprob", "auto_augment", "remode", "recount", "interpolation", "scale", "color_jitter",
-                 "crop_pct", *MIXUP_KEYS, "on_error"),
+                 "crop_pct", *MIXUP_KEYS, "on_error", "val_labels"),
     )
 
     def __init__(self) -> None:

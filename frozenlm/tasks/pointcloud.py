@@ -40,7 +40,7 @@ class PointCloudClassification(Task):
         *lm_config_keys("model.lm"),
         *section("data", "name", "root", "num_classes", "num_points", "train_fps_points", "augment", "smoothing",
                  "votes", "variant", "file_points", "train_per_class", "test_per_class", "shapes", "cache_dir",
-                 "shapes_seed", "on_error"),
+                 "shapes_seed", "on_error", "point_selection"),
         "optim.adapter_lr_mult",
     )
 
