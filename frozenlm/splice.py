@@ -5,6 +5,9 @@ The LMLayer becomes a child of the model (``model.lm_layer``), so ``.to()``, ``s
 forward hook on the named submodule passes that submodule's output through it: the submodule and every
 existing state-dict key stay as they were (pretrained weights still load). The hook's state lives on a
 plain object the model owns, so ``copy.deepcopy`` and pickling keep the copy's hook on the copy's LMLayer.
+
+``frozenlm.splice`` is the function (the package re-exports it over this module's name); the module's
+other names are imported with ``from frozenlm.splice import SpliceError, splices, ...``.
 """
 from __future__ import annotations
 
@@ -217,7 +220,7 @@ class _Guard:
 
     def __call__(self, root: nn.Module, args: Any) -> None:
         for rec in getattr(root, _SPLICES, {}).values():
-            hook = rec_hook(root, rec.name)
+            hook = _hook_of(root, rec.name)
             lm = getattr(root, rec.name, None)
             if isinstance(lm, LMLayer) and hook.lm is not lm:
                 hook.lm = lm
@@ -229,7 +232,7 @@ class _Guard:
                 root.get_submodule(path).eval()
 
 
-def rec_hook(root: nn.Module, name: str) -> _SpliceHook:
+def _hook_of(root: nn.Module, name: str) -> _SpliceHook:
     """The hook object of splice ``name`` on ``root``."""
     return root.__dict__["_frozenlm_hooks"][name]
 

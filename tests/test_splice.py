@@ -76,7 +76,6 @@ def test_timm_swin_channels_last() -> None:
         h = _lm(m)(h.reshape(b, hh * ww, c)).reshape(b, hh, ww, c)
         ref = p.forward_head(p.norm(p.layers[1](h)))
         torch.testing.assert_close(m(x), ref, rtol=0, atol=0)
-    assert frozenlm.splice.__module__ == "frozenlm.splice"
     _check_backward(m.train(), x, "layers.0.blocks.0.attn.qkv.weight")
 
 
@@ -320,3 +319,30 @@ def test_timm_prefix_config_errors() -> None:
         create_model("vit_mini_patch7_28", lm={"source": SRC, "at": "blocks.1"})
     base = create_model("timm:resnet18", lm=None, num_classes=2)
     assert splices(base)["lm_layer"].at == "layer4" and base.lm_layer.variant == "none"
+
+
+def test_deepcopy_and_replaced_modules_keep_the_splice() -> None:
+    """A deep copy (as EMA or a user might make) runs its own LMLayer; a module swapped in at the splice
+    path after splicing (the engine's SyncBatchNorm conversion does this to BatchNorms) gets the hook back,
+    and a frozen backbone stays pinned in eval mode through the swap."""
+    from frozenlm.engine.syncbn import GlobalBatchNorm, convert_sync_batchnorm
+    torch.manual_seed(0)
+    m = frozenlm.splice(timm.create_model("resnet18", pretrained=False, num_classes=3), at="layer3.1.bn2",
+                        source=SRC, dim=256).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(x)
+        c = copy.deepcopy(m)
+        c.lm_layer.proj_out.weight.mul_(2)
+        assert not torch.allclose(c(x), ref) and torch.equal(m(x), ref)
+        convert_sync_batchnorm(m)
+        assert isinstance(m.layer3[1].bn2, GlobalBatchNorm)
+        torch.testing.assert_close(m(x), ref, rtol=0, atol=0)
+        plain = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+        plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("lm_layer.")})
+        assert not torch.allclose(plain(x), ref)  # the LM layer is what differs
+    f = freeze_backbone(frozenlm.splice(timm.create_model("resnet18", pretrained=False), at="layer3", source=SRC))
+    convert_sync_batchnorm(f)
+    f.train()
+    f(torch.randn(2, 3, 32, 32))
+    assert isinstance(f.bn1, GlobalBatchNorm) and not f.bn1.training and f.fc.training
