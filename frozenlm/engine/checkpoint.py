@@ -29,10 +29,11 @@ from torch import nn
 from frozenlm.errors import CheckpointError
 from frozenlm.layer import frozen_param_names
 from frozenlm.layer import frozen_sources as layer_frozen_sources
+from frozenlm.splice import splices
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_train_state", "read_meta",
            "resolve_checkpoint", "latest_checkpoint", "cleanup_tmp", "frozen_param_names", "frozen_sources",
-           "checkpoint_dir_name"]
+           "checkpoint_dir_name", "write_model_dir"]
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "train_state.pt", "meta.json"
 _TMP_PREFIX = ".tmp_"
@@ -147,32 +148,57 @@ def model_state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items() if k not in skip}
 
 
-def save_checkpoint(root: str | Path, step: int, model: nn.Module, train_state: dict[str, Any],
-                    meta: dict[str, Any], keep_last: int = 2, is_best: bool = False) -> Path:
-    """Atomically write ``root/step_XXXXXXX`` (temp dir + fsync + rename), move the ``latest``
-    (and, if ``is_best``, ``best``) pointers, and prune all but the last ``keep_last`` plus best."""
-    root = Path(root)
+def _splices(model: nn.Module) -> dict[str, dict]:
+    return _jsonable({name: rec.describe() for name, rec in splices(model).items()})
+
+
+def write_model_dir(final: str | Path, model: nn.Module, meta: dict[str, Any],
+                    train_state: Optional[dict[str, Any]] = None,
+                    json_files: Optional[dict[str, Any]] = None) -> Path:
+    """Atomically write the directory ``final`` (temp dir + fsync + rename): ``model.safetensors``
+    (every tensor but the frozen ones), ``meta.json`` (``meta`` plus the frozen sources and any
+    :func:`frozenlm.splice.splice` placements), ``train_state.pt`` when ``train_state`` is given and
+    one JSON file per ``json_files`` entry. An existing ``final`` is swapped out, then removed."""
+    final = Path(final)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    name = checkpoint_dir_name(step)
-    tmp = root / f"{_TMP_PREFIX}{name}_{os.getpid()}"
+    tmp = root / f"{_TMP_PREFIX}{final.name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    files = [MODEL_FILE, META_FILE]
     save_file(model_state_to_save(model), str(tmp / MODEL_FILE))
-    torch.save(train_state, tmp / STATE_FILE)
-    meta = dict(meta, step=step, frozen_sources=frozen_sources(model))
+    if train_state is not None:
+        torch.save(train_state, tmp / STATE_FILE)
+        files.append(STATE_FILE)
+    meta = dict(meta, frozen_sources=frozen_sources(model))
+    placed = _splices(model)
+    if placed:
+        meta["splices"] = placed
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-    for f in (MODEL_FILE, STATE_FILE, META_FILE):
+    for fname, obj in (json_files or {}).items():
+        (tmp / fname).write_text(json.dumps(obj, indent=2))
+        files.append(fname)
+    for f in files:
         _fsync_file(tmp / f)
     _fsync_dir(tmp)
-    final = root / name
     if final.exists():  # re-saving the same step (e.g. after eval): swap old out first
-        old = root / f"{_TMP_PREFIX}old_{name}_{os.getpid()}"
+        old = root / f"{_TMP_PREFIX}old_{final.name}_{os.getpid()}"
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
     _fsync_dir(root)
+    return final
+
+
+def save_checkpoint(root: str | Path, step: int, model: nn.Module, train_state: dict[str, Any],
+                    meta: dict[str, Any], keep_last: int = 2, is_best: bool = False) -> Path:
+    """Atomically write ``root/step_XXXXXXX`` (:func:`write_model_dir`), move the ``latest``
+    (and, if ``is_best``, ``best``) pointers, and prune all but the last ``keep_last`` plus best."""
+    root = Path(root)
+    name = checkpoint_dir_name(step)
+    final = write_model_dir(root / name, model, dict(meta, step=step), train_state=train_state)
     _write_pointer(root, "latest", name)
     if is_best:
         _write_pointer(root, "best", name)
@@ -254,6 +280,20 @@ def _check_frozen_sources(saved: dict[str, dict], current: dict[str, dict], wher
                       f"checkpoint's digest, layers and architecture, so they are used", stacklevel=3)
 
 
+def _check_splices(saved: Optional[dict[str, dict]], current: dict[str, dict], where: Path) -> None:
+    """Refuse a model whose spliced LM layers sit elsewhere than the checkpoint's: the keys and shapes
+    could match while the block runs after another module. Checkpoints older than splice record none."""
+    if saved is None or saved == current:
+        return
+    lines = []
+    for name in sorted(set(saved) | set(current)):
+        a, b = saved.get(name), current.get(name)
+        if a != b:
+            lines.append(f"{name}: checkpoint {a or 'absent'}, model {b or 'absent'}")
+    raise CheckpointError(f"spliced LM layers differ from {where}:\n  " + "\n  ".join(lines)
+                          + "\nsplice the model as it was when saved (same at=, layout=, select= and width)")
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, *, check_frozen: bool = True) -> dict[str, Any]:
     """Load trainable/non-frozen weights into ``model`` after verifying keys, shapes and the frozen
     source. Returns ``{"path": Path, "meta": dict}``; read optimizer etc. with :func:`load_train_state`."""
@@ -264,6 +304,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, *, check_frozen: bool = 
     meta = read_meta(ckpt_dir)
     if check_frozen:
         _check_frozen_sources(meta.get("frozen_sources") or {}, frozen_sources(model), ckpt_dir)
+    _check_splices(meta.get("splices"), _splices(model), ckpt_dir)
     try:
         tensors = load_file(str(ckpt_dir / MODEL_FILE))
     except Exception as e:

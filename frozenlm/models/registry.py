@@ -42,9 +42,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     import timm
     close = difflib.get_close_matches(name, list(_MODELS) + timm.list_models("vit_*"), n=5, cutoff=0.6)
     raise ValueError(f"unknown model name {name!r}. Close matches: {close or 'none'}; "
-                     f"see frozenlm.models.list_models() (any timm vit_* name also works)")
+                     f"see frozenlm.models.list_models() (any timm vit_* name also works, and timm:<any timm name> "
+                     f"with model.lm.at naming the module the LM layer follows)")
 
 
 def _import_families() -> None:
     # Model files register themselves on import; importing here keeps `create_model` self-contained.
-    from . import meter, mmtransformer, pointbert, sqa3d, vectornet, video_vit, vit  # noqa: F401
+    from . import meter, mmtransformer, pointbert, sqa3d, timm_any, vectornet, video_vit, vit  # noqa: F401

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layer import LMLayer
+from ..splice import freeze_backbone as freeze_backbone_, split_at
 from .weights import load_backbone_weights
 from .registry import register_fallback, register_model
 
@@ -77,13 +78,6 @@ class ViTLM(nn.Module):
         return self.vit.forward_head(self.forward_features(x))
 
 
-def _freeze_backbone(model: ViTLM) -> None:
-    # Only the sandwich's linear maps and the classifier head stay trainable.
-    for name, p in model.vit.named_parameters():
-        if not name.startswith(("head.", "fc_norm.")):
-            p.requires_grad_(False)
-
-
 def build_vit_backbone(name: str, img_size: int | None = None, pretrained_path: str | Path | None = None,
                        presets: dict[str, dict[str, Any]] | None = None, **kw: Any) -> nn.Module:
     """A timm VisionTransformer from a preset (`presets`, default SMALL_VITS) or any timm ViT name,
@@ -107,18 +101,24 @@ def build_vit_backbone(name: str, img_size: int | None = None, pretrained_path: 
 def build_vit(name: str, lm: str | dict[str, Any] | LMLayer | None = None, position: str = "tail",
               num_classes: int = 1000, img_size: int | None = None, in_chans: int = 3,
               drop_path_rate: float = 0.0, pretrained_path: str | Path | None = None,
-              freeze: str | None = None, **vit_kwargs: Any) -> ViTLM:
+              freeze_backbone: bool = False, freeze: str | None = None, **vit_kwargs: Any) -> ViTLM:
     """ViT (timm name or a SMALL_VITS name) + LMLayer; backbone weights only from a local file.
 
-    freeze: None, or "backbone" to train only the LMLayer's linear maps and the head.
+    freeze_backbone: train only the LMLayer (its linear maps, for a frozen block) and the head (``head``,
+    ``fc_norm``); the rest of the ViT is frozen and kept in eval mode (:func:`frozenlm.splice.freeze_backbone`).
+    freeze: the older spelling, None or "backbone".
     """
+    lm, at = split_at(lm)
+    if at is not None:
+        raise ValueError(f"model.lm.at={at!r} is for `timm:<name>` models; the ViT presets place the LM layer "
+                         "with model.position (head | middle | tail)")
+    if freeze not in (None, "none", "backbone"):
+        raise ValueError(f"freeze must be null or 'backbone', got {freeze!r}")
     vit = build_vit_backbone(name, img_size, pretrained_path, num_classes=num_classes, in_chans=in_chans,
                              drop_path_rate=drop_path_rate, **vit_kwargs)
     model = ViTLM(vit, LMLayer.from_spec(vit.embed_dim, lm), position)
-    if freeze == "backbone":
-        _freeze_backbone(model)
-    elif freeze not in (None, "none"):
-        raise ValueError(f"freeze must be null or 'backbone', got {freeze!r}")
+    if freeze_backbone or freeze == "backbone":
+        freeze_backbone_(model, head=("vit.head", "vit.fc_norm"))
     return model
 
 

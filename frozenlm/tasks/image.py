@@ -1,4 +1,5 @@
-"""Image classification: ViT + LMLayer on ImageNet-style data or the offline Fashion-MNIST default."""
+"""Image classification: ViT (or any `timm:<name>` model) + LMLayer on ImageNet-style data or the offline
+Fashion-MNIST default."""
 from __future__ import annotations
 
 from typing import Any
@@ -18,11 +19,14 @@ from .base import Task, model_kwargs
 from .metrics import classification_finalize, group_accuracy, group_sums, topk_sums
 
 
-#: model keys of the ViT(+LMLayer) classifier ("*": any timm VisionTransformer argument; timm checks those).
+#: model keys of the ViT(+LMLayer) classifier ("*": any timm model argument; timm checks those).
+#: `model.lm.at` names the module a `timm:<name>` model's LM layer follows; `freeze` is the older
+#: spelling of `freeze_backbone` (null | backbone).
 VIT_MODEL_KEYS = (
     *section("model", "name", "position", "num_classes", "img_size", "in_chans", "drop_path_rate",
-             "pretrained_path", "freeze", "*"),
+             "pretrained_path", "freeze_backbone", "freeze", "*"),
     *lm_config_keys("model.lm"),
+    "model.lm.at",
 )
 
 
