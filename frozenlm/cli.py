@@ -1,4 +1,5 @@
-"""`frozenlm train|eval|ablate|analyze|bench|inspect|plot-motion|sources|models ...`: the command-line front end.
+"""`frozenlm train|eval|ablate|sweep|analyze|bench|inspect|plot-motion|sources|models|import-authors|convert-modelnet`:
+the command-line front end.
 
 All argument parsing and exit codes live here; every command calls a library function, so the same
 work is available from Python. `parse(argv)` only parses (the docs test checks every command the
@@ -24,6 +25,7 @@ COMMANDS = {
     "sources": "sources",
     "models": "models",
     "import-authors": "import-authors CKPT --task image|video|pointcloud [--model NAME] [--lm LLAMA_DIR:31] --out DIR",
+    "convert-modelnet": "convert-modelnet DAT OUT [--shape-names FILE]",
 }
 
 
@@ -166,12 +168,23 @@ def _plain_parser(name: str, description: str) -> Callable[[], argparse.Argument
     return lambda: _Parser(prog=f"frozenlm {name}", description=description)
 
 
+def _convert_modelnet_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="frozenlm convert-modelnet",
+                description="Convert Point-BERT's modelnet40_*_fps.dat (a pickle, read with a numpy-only "
+                            "restricted unpickler) into the .npz that data.name=modelnet40_fps reads.")
+    p.add_argument("dat", help="Point-BERT's modelnet40_{train,test}_8192pts_fps.dat")
+    p.add_argument("out", help="output .npz, e.g. modelnet40_train_8192pts_fps.npz next to it")
+    p.add_argument("--shape-names", default=None,
+                   help="class names file (default: modelnet40_shape_names.txt next to DAT, else the standard 40)")
+    return p
+
+
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "train": _train_parser, "eval": _eval_parser, "ablate": _ablate_parser, "sweep": _sweep_parser, "analyze": _analyze_parser,
     "bench": _bench_parser, "inspect": _inspect_parser, "plot-motion": _plot_motion_parser,
     "sources": _plain_parser("sources", "Named offline sources."),
     "models": _plain_parser("models", "Registered model names."),
-    "import-authors": _import_authors_parser,
+    "import-authors": _import_authors_parser, "convert-modelnet": _convert_modelnet_parser,
 }
 
 
@@ -306,7 +319,7 @@ def main_models(argv: Sequence[str]) -> None:
     from .models import list_models
     parse(["models", *argv])
     print("\n".join(list_models()))
-    print("(plus every timm vit_*/deit_* name, e.g. vit_small_patch16_224)")
+    print("(plus every timm vit_*/deit_* name, e.g. vit_small_patch16_224, and timm:<any timm model> with model.lm.at)")
 
 
 def main_import_authors(argv: Sequence[str]) -> str:
@@ -321,25 +334,6 @@ def main_import_authors(argv: Sequence[str]) -> str:
     return str(result.step_dir)
 
 
-RUN: dict[str, Callable[[Sequence[str]], Any]] = {
-    "train": main_train, "eval": main_eval, "ablate": main_ablate, "sweep": main_sweep, "analyze": main_analyze, "bench": main_bench,
-    "inspect": main_inspect, "plot-motion": main_plot_motion, "sources": main_sources, "models": main_models,
-    "import-authors": main_import_authors,
-}
-
-
-# -- convert-modelnet (self-contained: parser, command and registration) ------------------------
-def _convert_modelnet_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="frozenlm convert-modelnet",
-                description="Convert Point-BERT's modelnet40_*_fps.dat (a pickle, read with a numpy-only "
-                            "restricted unpickler) into the .npz that data.name=modelnet40_fps reads.")
-    p.add_argument("dat", help="Point-BERT's modelnet40_{train,test}_8192pts_fps.dat")
-    p.add_argument("out", help="output .npz, e.g. modelnet40_train_8192pts_fps.npz next to it")
-    p.add_argument("--shape-names", default=None,
-                   help="class names file (default: modelnet40_shape_names.txt next to DAT, else the standard 40)")
-    return p
-
-
 def main_convert_modelnet(argv: Sequence[str]) -> dict[str, Any]:
     """``DAT OUT [--shape-names FILE]``: convert one Point-BERT ModelNet .dat into a safe .npz."""
     from .data.modelnet_dat import convert_modelnet_dat
@@ -349,9 +343,13 @@ def main_convert_modelnet(argv: Sequence[str]) -> dict[str, Any]:
     return info
 
 
-COMMANDS["convert-modelnet"] = "convert-modelnet DAT OUT [--shape-names FILE]"
-PARSERS["convert-modelnet"] = _convert_modelnet_parser
-RUN["convert-modelnet"] = main_convert_modelnet
+RUN: dict[str, Callable[[Sequence[str]], Any]] = {
+    "train": main_train, "eval": main_eval, "ablate": main_ablate, "sweep": main_sweep, "analyze": main_analyze, "bench": main_bench,
+    "inspect": main_inspect, "plot-motion": main_plot_motion, "sources": main_sources, "models": main_models,
+    "import-authors": main_import_authors, "convert-modelnet": main_convert_modelnet,
+}
+
+
 
 
 def main(argv: Sequence[str] | None = None) -> None:
