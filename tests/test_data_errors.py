@@ -112,9 +112,9 @@ def test_modelnet_text_file_that_does_not_parse(tmp_path: Path, capsys: pytest.C
     bad = root / "bathtub" / "bathtub_0003.txt"
     bad.write_text("0.1,0.2,0.3\nnot,a,number\n" * 30)
     with pytest.raises(Exception) as exc_info:
-        read_modelnet_txt(root, "train", num_points=32, progress=False)
+        read_modelnet_txt(root, "train", num_points=32, progress=False, selection="first")
     _raises_naming(exc_info, bad)
-    ds = build_pointcloud_dataset({"name": "modelnet40", "root": str(root), "file_points": 32, "on_error": "skip"},
+    ds = build_pointcloud_dataset({"name": "modelnet40", "root": str(root), "file_points": 32, "on_error": "skip", "point_selection": "first"},
                                   "train")
     assert [int(v) for v in ds.labels] == [0, 2]  # airplane_0001, bed_0002: labels stay with their clouds
     x = arrays["bed_0002"][:32, :3].round(6)

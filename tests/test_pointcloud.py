@@ -222,7 +222,7 @@ def _write_modelnet_txt(root: Path, n_points: int = 40) -> dict[str, np.ndarray]
 def test_modelnet_text_layout_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "modelnet40_normal_resampled"
     arrays = _write_modelnet_txt(root)
-    ds = read_modelnet_txt(root, "train", num_points=32, num_classes=40, progress=False)
+    ds = read_modelnet_txt(root, "train", num_points=32, num_classes=40, progress=False, selection="first")
     assert len(ds) == 3 and ds.classes == ["airplane", "bathtub", "bed"]
     assert [int(v) for v in ds.labels] == [0, 2, 1]
     x = arrays["bed_0002"][:32, :3].round(6)
@@ -232,7 +232,7 @@ def test_modelnet_text_layout_and_cache(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(list(root.glob("modelnet40_train_32pts_*.npz"))) == 1
     with monkeypatch.context() as m:  # the cache is used from now on: no file is parsed again
         m.setattr(np, "loadtxt", lambda *a, **k: pytest.fail("a cached split was parsed again"))
-        again = read_modelnet_txt(root, "train", num_points=32, num_classes=40, progress=False)
+        again = read_modelnet_txt(root, "train", num_points=32, num_classes=40, progress=False, selection="first")
     assert torch.equal(again.points, ds.points)
     (root / "bed" / "bed_0004.txt").unlink()
     with pytest.raises(FileNotFoundError, match="bed_0004"):
@@ -242,7 +242,7 @@ def test_modelnet_text_layout_and_cache(tmp_path: Path, monkeypatch: pytest.Monk
 def test_modelnet_text_bad_files(tmp_path: Path) -> None:
     root = tmp_path / "mn"
     _write_modelnet_txt(root, n_points=10)
-    with pytest.raises(ValueError, match="fewer than data.num_points"):
+    with pytest.raises(ValueError, match="has 10 points, fewer than data"):
         read_modelnet_txt(root, "test", num_points=32, progress=False, cache=False)
     (root / "bed" / "bed_0004.txt").write_text("")
     with pytest.raises(ValueError, match="bed_0004.txt is empty"):

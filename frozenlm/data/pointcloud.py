@@ -181,7 +181,7 @@ def _fps_select(clouds: list[np.ndarray], starts: list[int], num_points: int,
 
 def read_modelnet_txt(root: str | Path, split: str, num_points: int = 8192, num_classes: int = 40,
                       cache: bool = True, progress: bool = True, policy: Optional[FilePolicy] = None,
-                      cache_dir: Optional[str | Path] = None, selection: str = "first") -> PointCloudDataset:
+                      cache_dir: Optional[str | Path] = None, selection: str = "fps") -> PointCloudDataset:
     """ModelNet40 'modelnet40_normal_resampled': ``<class>/<class>_NNNN.txt`` lines ``x,y,z,nx,ny,nz``,
     listed by ``modelnet40_{train,test}.txt`` with names in ``modelnet40_shape_names.txt``.
 
@@ -327,10 +327,10 @@ def build_pointcloud_dataset(data_cfg: Mapping[str, Any], split: str) -> PointCl
     if name == "scanobjectnn":
         return read_scanobjectnn(root, str(data_cfg.get("variant", "PB_T50_RS")), split)
     if name == "modelnet40":
-        # a plain mapping without the key keeps the former behaviour; every config sets it (fps by default)
+        # fps unless the config says otherwise: what Point-BERT and the paper ran
         return read_modelnet_txt(root, split, int(data_cfg.get("file_points") or 8192),
                                  policy=on_error_policy(data_cfg), cache_dir=data_cfg.get("cache_dir"),
-                                 selection=str(data_cfg.get("point_selection") or "first"))
+                                 selection=str(data_cfg.get("point_selection") or "fps"))
     if name == "modelnet40_fps":
         return read_modelnet_fps(root, split, int(data_cfg.get("file_points") or 8192),
                                  int(data_cfg.get("num_classes") or 40))
