@@ -19,7 +19,7 @@ COMMANDS = {
     "ablate": "ablate CONFIG --variants none,frozen,mlp,random --seeds 3 [key=value ...]",
     "sweep": "sweep CONFIG --layers all|0:30:3 | --blocks 1,2,4 | --sources a,b --seeds 2 [key=value ...]",
     "analyze": "analyze CHECKPOINT [CHECKPOINT ...] [data=cluttered|imagenet_s] [root=DIR] [out=DIR] [n=64]",
-    "bench": "bench [--model vit_small_patch16_224] [--lm llama-7b] [--batch 8] [--load] [--ckpt] [--json OUT]",
+    "bench": "bench [--model vit_small_patch16_224] [--lm llama-7b] [--batch 8] [--authors DIR] [--load] [--ckpt] [--json OUT]",
     "inspect": "inspect SOURCE [--layer N] [--json]",
     "plot-motion": "plot-motion RUN --out FILE [--split val] [--indices 0,1,2]",
     "sources": "sources",
@@ -109,6 +109,8 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile of the block")
     p.add_argument("--no-reference", action="store_true", help="skip the eager reference")
+    p.add_argument("--authors", default=None, metavar="DIR",
+                   help="a checkout of ziqipang/LM4VisualEncoding: also time the authors' vit_llama_* model")
     p.add_argument("--no-step", action="store_true", help="skip the step benchmark")
     p.add_argument("--load", action="store_true", help="measure building a layer from a 13.5 GB 7B-shaped checkpoint")
     p.add_argument("--load-dir", default=None, help="an existing Meta checkpoint dir for --load (default: synthetic)")

@@ -49,10 +49,20 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         return json.loads(out.read_text())
 
 
-def step_configs(precision: str, device: str, compile_: bool) -> list[tuple[str, dict[str, Any]]]:
-    """(name, spec overrides) of the step configurations compared."""
+def step_configs(precision: str, device: str, compile_: bool, authors: str | None = None,
+                 model: str = "vit_small_patch16_224") -> list[tuple[str, dict[str, Any]]]:
+    """(name, spec overrides) of the step configurations compared; the authors' model first when
+    ``authors`` (a checkout of their repository) is given."""
     bf16_ok = device.startswith("cuda") or cpu_has_bf16()
-    cfgs = [("reference fp32 (eager)", {"impl": "reference", "precision": "fp32"})]
+    cfgs: list[tuple[str, dict[str, Any]]] = []
+    if authors:
+        from .authors import authors_model_name, authors_models_dir
+        authors_models_dir(authors)  # a wrong DIR or model fails here, before any worker starts
+        theirs = f"authors' {authors_model_name(model)}"
+        cfgs.append((f"{theirs} fp32", {"impl": "authors", "authors_dir": str(authors), "precision": "fp32"}))
+        if bf16_ok:
+            cfgs.append((f"{theirs} bf16 autocast", {"impl": "authors", "authors_dir": str(authors), "precision": "bf16"}))
+    cfgs.append(("reference fp32 (eager)", {"impl": "reference", "precision": "fp32"}))
     if bf16_ok:
         cfgs.append(("reference bf16 autocast", {"impl": "reference", "precision": "bf16"}))
     cfgs += [("frozenlm (sdpa)", {"impl": "ours", "precision": precision}),
@@ -68,16 +78,23 @@ def step_configs(precision: str, device: str, compile_: bool) -> list[tuple[str,
 def bench_steps(a: argparse.Namespace, base: dict[str, Any], peak: float) -> list[dict[str, Any]]:
     """Training/inference throughput, FLOP/s and peak memory of every configuration."""
     rows = []
-    for name, over in tqdm(step_configs(a.precision, a.device, a.compile), desc="step configs", leave=False):
-        r = {"config": name, **run_worker({**base, **over, "kind": "step"})}
+    configs = step_configs(a.precision, a.device, a.compile, getattr(a, "authors", None), a.model)
+    for name, over in tqdm(configs, desc="step configs", leave=False):
+        r = {"config": name, "precision": over["precision"], **run_worker({**base, **over, "kind": "step"})}
         if "error" not in r and peak:
             r["block_fwd_pct_of_peak"] = 100 * r["block_fwd_tflops_per_s"] / peak
         rows.append(r)
     ref = next((r for r in rows if r["config"].startswith("reference fp32") and "error" not in r), None)
+    theirs = {r["precision"]: r for r in rows if r["config"].startswith("authors'") and "error" not in r}
     for r in rows:
         if ref and "error" not in r:
             r["train_speedup_vs_ref"] = r["train_samples_per_s"] / ref["train_samples_per_s"]
             r["mem_ratio_vs_ref"] = r["peak_mem_bytes"] / ref["peak_mem_bytes"]
+        # against the authors' run at the same precision (bf16 rows vs their bf16 autocast run)
+        same = theirs.get(r["precision"])
+        if same and "error" not in r:
+            r["train_x_authors"] = r["train_samples_per_s"] / same["train_samples_per_s"]
+            r["infer_x_authors"] = r["infer_samples_per_s"] / same["infer_samples_per_s"]
     return rows
 
 
@@ -129,7 +146,8 @@ def table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> str:
 
 
 STEP_COLS = [("config", "configuration", "s"), ("train_samples_per_s", "train samples/s", ".2f"),
-             ("train_speedup_vs_ref", "x ref", ".2f"), ("infer_samples_per_s", "infer samples/s", ".2f"),
+             ("train_speedup_vs_ref", "x ref", ".2f"), ("train_x_authors", "train x authors", ".2f"),
+             ("infer_samples_per_s", "infer samples/s", ".2f"), ("infer_x_authors", "infer x authors", ".2f"),
              ("train_tflops_per_s", "step TFLOP/s", ".3f"), ("block_fwd_tflops_per_s", "block fwd TFLOP/s", ".3f"),
              ("block_fwd_pct_of_peak", "% of matmul peak", ".0f"), ("peak_mem_bytes", "peak mem", "bytes"),
              ("mem_ratio_vs_ref", "mem x ref", ".2f"), ("step_mem_bytes", "step mem", "bytes")]

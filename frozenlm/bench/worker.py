@@ -85,7 +85,16 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, nn.Module, Callable[[int], t
     ours = spec["impl"] == "ours"
     in_dim = spec.get("in_dim", 384)
     cfg = lm_config(spec["lm"])
-    if spec["model"] == "block":  # the sandwich alone on `tokens` tokens (e.g. a 1568-token video clip)
+    if spec["impl"] == "authors":  # their ViTLLaMA as released: timed as a whole, its `llama` as the block
+        from .authors import build_authors_model
+        model = lm = build_authors_model(spec["authors_dir"], spec["model"], spec.get("num_classes", 1000))
+        vit = create_model(spec["model"], lm=None, num_classes=spec.get("num_classes", 1000), img_size=spec["img_size"]).vit
+        n = vit.patch_embed.num_patches + vit.num_prefix_tokens
+        s = spec["img_size"]
+        make_x = lambda b: torch.randn(b, 3, s, s)  # noqa: E731
+        vit_f = {"fwd": vit_flops(vit, 1), "train": vit_flops(vit, 1, train=True)}
+        in_dim = vit.embed_dim
+    elif spec["model"] == "block":  # the sandwich alone on `tokens` tokens (e.g. a 1568-token video clip)
         n = spec["tokens"]
         lm = _maybe_reference(build_lm_layer(spec, in_dim), ours)
         model: nn.Module = lm
