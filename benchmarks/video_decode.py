@@ -1,0 +1,143 @@
+"""Clips/s of frozenlm's video decoder, whole-file decode (``seek=False``, what it did before) vs
+seeking to the keyframe before each needed frame (``seek=True``, the default); see docs/video.md.
+
+Videos: the offline moving-shapes mp4s (8 frames of 32x32, 8 fps) and two 10 s, 30 fps, 224x224
+H.264 clips written here with PyAV (keyframe every 250 frames, x264's default, and every 12). A clip
+is one ``decode_frames`` call with the training sampler of a recipe: TSN 16 frames (SSv2) or dense
+16 frames 4 apart (Kinetics); the moving shapes use their own 8-frame TSN. Each row also gives the
+frames the decoder produced per clip, counted by wrapping the container.
+
+    python benchmarks/video_decode.py [--clips 200] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from frozenlm.data.synthetic.video import generate
+from frozenlm.data.video import decode_frames, dense_indices, read_video_list, tsn_indices
+
+
+def write_clip(path: Path, gop: int, seconds: int = 10, fps: int = 30, size: int = 224) -> None:
+    """A moving bright box on a drifting gradient with noise, H.264 (x264 C kernels, crf 23, keyint = gop)."""
+    import av
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        s.options = {"crf": "23", "preset": "medium", "threads": "1",
+                     "x264-params": f"asm=0:keyint={gop}:min-keyint={gop}:scenecut=0"}
+        for i in range(seconds * fps):
+            f = np.zeros((size, size, 3), np.int64)
+            f[..., 0], f[..., 1] = (xx + 3 * i) % 256, (2 * yy + i) % 256
+            cy = int(size / 2 + size / 3 * np.sin(i / 10))
+            f[max(0, cy - 20):cy + 20, 50:90, 2] = 255
+            f = np.clip(f + rng.integers(0, 20, f.shape), 0, 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+class Counting:
+    """Wraps ``av.open`` so every container counts the frames its decoder hands over."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def open(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        counter = self
+
+        class Box:
+            def __init__(self, c: Any) -> None:
+                self.c = c
+
+            def __enter__(self) -> "Box":
+                self.c.__enter__()
+                return self
+
+            def __exit__(self, *exc: Any) -> Any:
+                return self.c.__exit__(*exc)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.c, name)
+
+            def decode(self, *a: Any, **k: Any) -> Any:
+                for f in self.c.decode(*a, **k):
+                    counter.frames += 1
+                    yield f
+
+        return lambda *a, **k: Box(real(*a, **k))
+
+
+def sampler(kind: str, num_frames: int, rng: random.Random) -> Callable[[int], list[int]]:
+    """The training sampler of a recipe as a function of the frame count."""
+    if kind == "tsn":
+        return lambda n: tsn_indices(n, num_frames, True, rng)
+    return lambda n: dense_indices(n, num_frames, 4, True, rng)
+
+
+def run(files: list[Path], kind: str, num_frames: int, clips: int, seek: bool, seed: int) -> float:
+    """Seconds to decode ``clips`` clips."""
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    for i in range(clips):
+        decode_frames(files[i % len(files)], sampler(kind, num_frames, rng), backend="pyav", seek=seek)
+    return time.perf_counter() - t0
+
+
+def measure(files: list[Path], kind: str, num_frames: int, clips: int, seek: bool, repeats: int = 3
+            ) -> tuple[float, float]:
+    """(median clips/s over ``repeats`` timed runs of ``clips`` clips, frames decoded per clip in one
+    more, untimed run with the counting wrapper)."""
+    import av
+    rates = [clips / run(files, kind, num_frames, clips, seek, r) for r in range(repeats)]
+    counted, real = Counting(), av.open
+    av.open = counted.open(real)  # the decoder looks av.open up at each call, so this reaches it
+    try:
+        run(files, kind, num_frames, clips, seek, 0)
+    finally:
+        av.open = real
+    return statistics.median(rates), counted.frames / clips
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the clips, time both decoders, print a markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=200, help="clips per timed run (3 runs, median)")
+    ap.add_argument("--out", type=Path, default=None, help="where to write the clips (default: a temp dir)")
+    args = ap.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="frozenlm_video_decode_"))
+    out.mkdir(parents=True, exist_ok=True)
+    shapes = [p for p, _ in read_video_list(generate(out / "shapes", 96, 12, seed=0, progress=False) / "train.csv")]
+    long = {}
+    for gop in (250, 12):
+        long[gop] = out / f"10s_30fps_224_gop{gop}.mp4"
+        if not long[gop].is_file():
+            write_clip(long[gop], gop)
+    rows = [("moving shapes (8 x 32x32, 96 files)", shapes, "tsn", 8)]
+    for gop, path in long.items():
+        rows += [(f"10 s 30 fps 224x224, keyframe every {gop}", [path], kind, 16) for kind in ("tsn", "dense")]
+    print("| video | sampler | whole file: clips/s | frames decoded / clip | seek: clips/s | frames decoded / clip | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for name, files, kind, nf in rows:
+        full, full_n = measure(files, kind, nf, args.clips, seek=False)
+        fast, fast_n = measure(files, kind, nf, args.clips, seek=True)
+        label = f"TSN {nf}" if kind == "tsn" else f"dense {nf} x 4"
+        print(f"| {name} | {label} | {full:.1f} | {full_n:.0f} | {fast:.1f} | {fast_n:.0f} | {fast / full:.2f}x |",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
