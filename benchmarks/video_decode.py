@@ -4,8 +4,9 @@ seeking to the keyframe before each needed frame (``seek=True``, the default); s
 Videos: the offline moving-shapes mp4s (8 frames of 32x32, 8 fps) and two 10 s, 30 fps, 224x224
 H.264 clips written here with PyAV (keyframe every 250 frames, x264's default, and every 12). A clip
 is one ``decode_frames`` call with the training sampler of a recipe: TSN 16 frames (SSv2) or dense
-16 frames 4 apart (Kinetics); the moving shapes use their own 8-frame TSN. Each row also gives the
-frames the decoder produced per clip, counted by wrapping the container.
+16 frames 4 apart (Kinetics); the moving shapes use their own 8-frame TSN. Each row gives clips/s
+(wall clock), the process's CPU time per clip (all decoder threads), and the frames the decoder
+produced per clip, counted by wrapping the container.
 
     python benchmarks/video_decode.py [--clips 200] [--out DIR]
 """
@@ -87,28 +88,36 @@ def sampler(kind: str, num_frames: int, rng: random.Random) -> Callable[[int], l
     return lambda n: dense_indices(n, num_frames, 4, True, rng)
 
 
-def run(files: list[Path], kind: str, num_frames: int, clips: int, seek: bool, seed: int) -> float:
-    """Seconds to decode ``clips`` clips."""
+def run(files: list[Path], kind: str, num_frames: int, clips: int, seek: bool, seed: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds: every decoder thread of this process) to decode ``clips`` clips."""
     rng = random.Random(seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(clips):
         decode_frames(files[i % len(files)], sampler(kind, num_frames, rng), backend="pyav", seek=seek)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def measure(files: list[Path], kind: str, num_frames: int, clips: int, seek: bool, repeats: int = 3
-            ) -> tuple[float, float]:
-    """(median clips/s over ``repeats`` timed runs of ``clips`` clips, frames decoded per clip in one
-    more, untimed run with the counting wrapper)."""
+def measure(files: list[Path], kind: str, num_frames: int, clips: int, repeats: int = 3) -> dict[bool, tuple]:
+    """{seek: (median clips/s, median CPU ms per clip, frames decoded per clip)} for seek False / True.
+    The two decoders alternate within each repeat, so load from other processes hits both alike; the
+    frames are counted in one more, untimed run with the counting wrapper."""
     import av
-    rates = [clips / run(files, kind, num_frames, clips, seek, r) for r in range(repeats)]
-    counted, real = Counting(), av.open
-    av.open = counted.open(real)  # the decoder looks av.open up at each call, so this reaches it
-    try:
-        run(files, kind, num_frames, clips, seek, 0)
-    finally:
-        av.open = real
-    return statistics.median(rates), counted.frames / clips
+    times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for r in range(repeats):
+        for seek in (False, True):
+            times[seek].append(run(files, kind, num_frames, clips, seek, r))
+    out = {}
+    for seek in (False, True):
+        counted, real = Counting(), av.open
+        av.open = counted.open(real)  # the decoder looks av.open up at each call, so this reaches it
+        try:
+            run(files, kind, num_frames, clips, seek, 0)
+        finally:
+            av.open = real
+        wall = statistics.median(clips / w for w, _ in times[seek])
+        cpu = statistics.median(1e3 * c / clips for _, c in times[seek])
+        out[seek] = (wall, cpu, counted.frames / clips)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("moving shapes (8 x 32x32, 96 files)", shapes, "tsn", 8)]
     for gop, path in long.items():
         rows += [(f"10 s 30 fps 224x224, keyframe every {gop}", [path], kind, 16) for kind in ("tsn", "dense")]
-    print("| video | sampler | whole file: clips/s | frames decoded / clip | seek: clips/s | frames decoded / clip | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    print("| video | sampler | whole file: clips/s, CPU ms/clip, frames decoded/clip | seek: clips/s, CPU ms/clip, "
+          "frames decoded/clip | speed-up (clips/s) |")
+    print("|---|---|---|---|---|")
     for name, files, kind, nf in rows:
-        full, full_n = measure(files, kind, nf, args.clips, seek=False)
-        fast, fast_n = measure(files, kind, nf, args.clips, seek=True)
+        m = measure(files, kind, nf, args.clips)
         label = f"TSN {nf}" if kind == "tsn" else f"dense {nf} x 4"
-        print(f"| {name} | {label} | {full:.1f} | {full_n:.0f} | {fast:.1f} | {fast_n:.0f} | {fast / full:.2f}x |",
-              flush=True)
+        cell = {s: f"{m[s][0]:.1f}, {m[s][1]:.1f}, {m[s][2]:.0f}" for s in m}
+        print(f"| {name} | {label} | {cell[False]} | {cell[True]} | {m[True][0] / m[False][0]:.2f}x |", flush=True)
     return 0
 
 
