@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from ..config import section
 from ..data import build_loss, build_mixup
 from ..data.transforms import MIXUP_KEYS
-from ..data.video import build_video_dataset, skip_none_collate
+from ..data.video import build_video_dataset, repeated_sample_collate, skip_none_collate
+from ..errors import ConfigError
 from ..layer import lm_config_keys
 from ..models import create_model
 from .base import Task, model_kwargs
@@ -38,10 +39,10 @@ class VideoClassification(Task):
                  "qkv_bias", "drop_rate", "drop_path_rate", "init_scale", "grad_checkpointing"),
         *lm_config_keys("model.lm"),
         *section("data", "name", "num_classes", "root", "n_train", "n_val", "gen_seed", "frame_size", "gen_frames",
-                 "labels_json", "train_json", "val_json", "video_dir", "ext", "train_csv", "val_csv", "classes",
-                 "train_list", "val_list", "sampling", "num_frames", "interval", "img_size", "short_side", "scale",
-                 "ratio", "hflip", "auto_augment", "test_clips", "test_crops", "on_error", "min_frames", "backend",
-                 "cache", *MIXUP_KEYS),
+                 "labels_json", "train_json", "val_json", "video_dir", "train_video_dir", "val_video_dir", "layout",
+                 "ext", "train_csv", "val_csv", "classes", "train_list", "val_list", "sampling", "num_frames",
+                 "interval", "img_size", "short_side", "scale", "ratio", "hflip", "auto_augment", "num_sample",
+                 "test_clips", "test_crops", "on_error", "min_frames", "backend", "seek", "cache", *MIXUP_KEYS),
     )
 
     def __init__(self) -> None:
@@ -58,11 +59,17 @@ class VideoClassification(Task):
         n_model = cfg.model.get("num_classes") or cfg.data.num_classes
         if int(n_model) != int(cfg.data.num_classes):
             raise ValueError(f"model.num_classes={n_model} but data.num_classes={cfg.data.num_classes}")
+        if split == "train" and int(cfg.data.get("num_sample") or 1) > 1 and int(cfg.get("repeated_aug") or 1) > 1:
+            raise ConfigError(f"data.num_sample={cfg.data.num_sample} (VideoMAE's repeated sampling) and "
+                              f"repeated_aug={cfg.repeated_aug} (DeiT's, in the sampler) would repeat every video "
+                              f"{int(cfg.data.num_sample) * int(cfg.repeated_aug)} times; set one of them to 1")
         ds = build_video_dataset(cfg.data, split)
         self._classes = ds.classes
         return ds
 
     def collate_fn(self, cfg: Any, split: str) -> Optional[Callable]:
+        if split == "train" and int(cfg.data.get("num_sample") or 1) > 1:
+            return repeated_sample_collate  # (B, S, ...) -> (B * S, ...): VideoMAE's multiple_samples_collate
         return skip_none_collate
 
     def lr_mults(self, model: nn.Module, cfg: Any) -> Optional[dict[str, float]]:

@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 
 from ..errors import DropSkipped, FilePolicy
 from .decode import decode_frames
+from .files import drop_missing, split_video_dir
 from .labels import read_kinetics_csv, read_ssv2_labels, read_ssv2_split, read_video_list
 from .transforms import resize_short, same_randaugment, dense_indices, spatial_crops, tsn_indices
 
@@ -21,7 +22,10 @@ from .transforms import resize_short, same_randaugment, dense_indices, spatial_c
 class VideoClipDataset(Dataset):
     """(video path, label) items -> (clip, label); clip (C, T, H, W) float, normalised.
 
-    Evaluation with ``test_clips`` x ``test_crops`` > 1 returns (V, C, T, H, W). ``on_error``
+    Evaluation with ``test_clips`` x ``test_crops`` > 1 returns (V, C, T, H, W). Training with
+    ``num_sample`` S > 1 (VideoMAE's repeated sampling) returns (S, C, T, H, W): the same frames,
+    decoded once, under S independent augmentations; :data:`repeated_sample_collate` flattens them
+    into the batch, video by video. ``on_error``
     (``data.on_error``, see :mod:`frozenlm.data.errors`): "raise" (default) stops on a bad file;
     "skip" logs and counts it and returns None, which :func:`skip_none_collate` drops from the
     batch, so no video ever gets another's label.
@@ -33,9 +37,12 @@ class VideoClipDataset(Dataset):
                  ratio: Sequence[float] = (0.75, 1.3333), hflip: float = 0.0, auto_augment: str | None = None,
                  test_clips: int = 1, test_crops: int = 1, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
                  std: Sequence[float] = IMAGENET_DEFAULT_STD, on_error: str = "raise", min_frames: int = 1,
-                 backend: str = "auto", classes: Sequence[str] | None = None, cache: bool = False) -> None:
+                 backend: str = "auto", classes: Sequence[str] | None = None, cache: bool = False,
+                 num_sample: int = 1, seek: bool = True) -> None:
         if sampling not in ("tsn", "dense"):
             raise ValueError(f"data.sampling must be tsn or dense, got {sampling!r}")
+        if int(num_sample) < 1:
+            raise ValueError(f"data.num_sample must be >= 1, got {num_sample}")
         self.policy = FilePolicy(on_error)
         bad = [(str(p), y) for p, y in items if not 0 <= int(y) < num_classes]
         if bad:
@@ -52,7 +59,9 @@ class VideoClipDataset(Dataset):
         self.test_clips, self.test_crops = (1, 1) if train else (test_clips, test_crops)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
-        self.on_error, self.min_frames, self.backend = on_error, min_frames, backend
+        self.on_error, self.min_frames, self.backend, self.seek = on_error, min_frames, backend, seek
+        # VideoMAE's num_sample (repeated sampling): clips per training video, each its own augmentation.
+        self.num_sample = int(num_sample) if train else 1
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
         # cache: keep every decoded video in memory after its first read (tiny offline sets only).
         self.cache: dict[int, np.ndarray] | None = {} if cache else None
@@ -76,12 +85,13 @@ class VideoClipDataset(Dataset):
         return dense_indices(n, self.num_frames, self.interval, self.train, rng, view, self.test_clips)
 
     def load_views(self, path: Path, rng: random.Random, key: int | None = None) -> Tensor:
-        """Every view of one video: (V, C, T, H, W) with V = test_clips x test_crops (1 in training)."""
-        all_idx: list[list[int]] = []
+        """Every view of one video: (V, C, T, H, W) with V = test_clips x test_crops at test time,
+        V = num_sample in training (one frame draw, num_sample augmentations, as VideoMAE does)."""
+        plan: list[list[int]] = []
 
         def pick(n: int) -> list[int]:
-            all_idx.extend(self._indices(n, rng, v) for v in range(self.test_clips))
-            return sorted({i for idx in all_idx for i in idx})
+            plan[:] = [self._indices(n, rng, v) for v in range(self.test_clips)]
+            return sorted({i for idx in plan for i in idx})
 
         if self.cache is not None and key is not None:
             if key not in self.cache:
@@ -89,24 +99,28 @@ class VideoClipDataset(Dataset):
             frames = self.cache[key]
             where = {i: i for i in pick(len(frames))}
         else:
-            frames = decode_frames(path, pick, self.backend, self.min_frames)
-            where = {i: k for k, i in enumerate(sorted({i for idx in all_idx for i in idx}))}
+            frames = decode_frames(path, pick, self.backend, self.min_frames, seek=self.seek)
+            where = {i: k for k, i in enumerate(sorted({i for idx in plan for i in idx}))}
         views = []
-        for idx in all_idx:
-            clip = frames[[where[i] for i in idx]]
-            if self.train and self.auto_augment:
-                clip = same_randaugment(clip, self.auto_augment, rng)
-            t = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float().div_(255)
-            if self.train:
-                t = self.crop(t)
-                if self.hflip and rng.random() < self.hflip:
-                    t = t.flip(-1)
-                crops = [t]
-            else:
-                crops = spatial_crops(resize_short(t, self.short_side), self.img_size, self.test_crops)
-            for c in crops:
-                views.append(((c - self.mean) / self.std).permute(1, 0, 2, 3))  # (C, T, H, W)
+        for idx in plan:
+            raw = frames[[where[i] for i in idx]]
+            for _ in range(self.num_sample):
+                views.extend(self._augment(raw, rng))
         return torch.stack(views)
+
+    def _augment(self, clip: np.ndarray, rng: random.Random) -> list[Tensor]:
+        """(T, H, W, 3) uint8 -> normalised (C, T, H, W) views: one random training view, or the test crops."""
+        if self.train and self.auto_augment:
+            clip = same_randaugment(clip, self.auto_augment, rng)
+        t = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float().div_(255)
+        if self.train:
+            t = self.crop(t)
+            if self.hflip and rng.random() < self.hflip:
+                t = t.flip(-1)
+            crops = [t]
+        else:
+            crops = spatial_crops(resize_short(t, self.short_side), self.img_size, self.test_crops)
+        return [((c - self.mean) / self.std).permute(1, 0, 2, 3) for c in crops]  # (C, T, H, W)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         path, label = self.items[i]
@@ -121,6 +135,18 @@ class VideoClipDataset(Dataset):
 #: Default collate after dropping the None items of skipped (undecodable) videos; a batch of only
 #: skipped videos is None, which the video task accepts.
 skip_none_collate = DropSkipped(allow_empty=True)
+
+
+def flatten_samples(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    """VideoMAE's ``multiple_samples_collate``: items of (S, C, T, H, W) clips of one video and its
+    label -> (B * S, C, T, H, W) clips and (B * S,) labels, video by video (v0 s0, v0 s1, v1 s0, ...)."""
+    clips = torch.cat([x if x.ndim == 5 else x.unsqueeze(0) for x, _ in batch])
+    labels = torch.tensor([int(y) for x, y in batch for _ in range(x.shape[0] if x.ndim == 5 else 1)])
+    return clips, labels
+
+
+#: Training collate under ``data.num_sample`` > 1: drops skipped videos, then :func:`flatten_samples`.
+repeated_sample_collate = DropSkipped(flatten_samples, allow_empty=True)
 
 
 VIDEO_DATASETS = ("moving_shapes", "ssv2", "kinetics", "list")
@@ -155,14 +181,14 @@ def video_items(cfg: Mapping[str, Any], split: str) -> tuple[list[tuple[Path, in
         return read_video_list(root / f"{which}.csv"), list(CLASSES)
     if name == "ssv2":
         labels = read_ssv2_labels(_path(cfg, "labels_json"))
-        items = read_ssv2_split(_path(cfg, f"{which}_json"), labels, _path(cfg, "video_dir"),
-                                ext=str(cfg.get("ext", ".webm")))
+        folder = split_video_dir(cfg.get("video_dir"), cfg.get(f"{which}_video_dir"), which)
+        items = read_ssv2_split(_path(cfg, f"{which}_json"), labels, folder, ext=str(cfg.get("ext") or ".webm"))
         names = [k for k, _ in sorted(labels.items(), key=lambda kv: kv[1])]
         return items, names
     if name == "kinetics":
-        items, names = read_kinetics_csv(_path(cfg, f"{which}_csv"), _path(cfg, "video_dir"),
-                                         classes=cfg.get("classes"))
-        return items, names
+        folder = split_video_dir(cfg.get("video_dir"), cfg.get(f"{which}_video_dir"), which)
+        return read_kinetics_csv(_path(cfg, f"{which}_csv"), folder, classes=cfg.get("classes"),
+                                 layout=str(cfg.get("layout") or "auto"), ext=str(cfg.get("ext") or ".mp4"))
     if name == "list":
         root = cfg.get("root")
         return read_video_list(_path(cfg, f"{which}_list"), root), None
@@ -176,7 +202,14 @@ def build_video_dataset(cfg: Mapping[str, Any], split: str) -> VideoClipDataset:
     if names is not None and len(names) != n:
         raise ValueError(f"data {cfg.get('name')!r} has {len(names)} classes but data.num_classes is {n}")
     train = split == "train"
-    return VideoClipDataset(
+    policy = FilePolicy(str(cfg.get("on_error", "raise")))
+    if cfg.get("name") != "moving_shapes":
+        which = _SPLIT_KEYS[split]
+        keys = {"ssv2": f"data.{which}_json / data.{which}_video_dir / data.video_dir / data.ext",
+                "kinetics": f"data.{which}_csv / data.{which}_video_dir / data.video_dir / data.layout / data.ext",
+                "list": f"data.{which}_list / data.root"}[str(cfg.get("name"))]
+        items = drop_missing(items, policy, f"{cfg.get('name')} {split}", keys)
+    ds = VideoClipDataset(
         items, n, train=train, sampling=str(cfg.get("sampling", "tsn")), num_frames=int(cfg.get("num_frames", 16)),
         interval=int(cfg.get("interval", 4)), img_size=int(cfg.get("img_size", 224)),
         short_side=cfg.get("short_side"), scale=tuple(cfg.get("scale") or (0.08, 1.0)),
@@ -184,4 +217,7 @@ def build_video_dataset(cfg: Mapping[str, Any], split: str) -> VideoClipDataset:
         auto_augment=cfg.get("auto_augment"), test_clips=int(cfg.get("test_clips", 1)),
         test_crops=int(cfg.get("test_crops", 1)), on_error=str(cfg.get("on_error", "raise")),
         min_frames=int(cfg.get("min_frames", 1)), backend=str(cfg.get("backend", "auto")),
-        classes=names, cache=bool(cfg.get("cache", False)))
+        classes=names, cache=bool(cfg.get("cache", False)), num_sample=int(cfg.get("num_sample") or 1),
+        seek=bool(cfg.get("seek", True)))
+    ds.policy.skipped.extend(policy.skipped)  # the missing videos dropped up front count as skipped
+    return ds

@@ -63,12 +63,30 @@ def read_video_list(path: str | Path, root: str | Path | None = None) -> list[tu
     return out
 
 
-def read_kinetics_csv(path: str | Path, video_dir: str | Path,
-                      classes: Sequence[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+#: Where a Kinetics video lives under a split folder: "flat" (the cvdf release: ``train/``, ``val/``
+#: hold every ``<youtube_id>_<start:06d>_<end:06d>.mp4``) or "by_label" (``<label>/<file>``: cvdf's
+#: ``arrange_by_classes.py`` and the ActivityNet crawler name each folder exactly as the csv's label).
+KINETICS_LAYOUTS = ("auto", "flat", "by_label")
+
+
+def kinetics_layout(video_dir: str | Path, classes: Sequence[str], layout: str = "auto") -> str:
+    """``layout``, or for "auto": "by_label" when some folder under ``video_dir`` is named like a class,
+    else "flat"."""
+    if layout not in KINETICS_LAYOUTS:
+        raise ValueError(f"data.layout must be one of {KINETICS_LAYOUTS}, got {layout!r}")
+    if layout != "auto":
+        return layout
+    return "by_label" if any((Path(video_dir) / c).is_dir() for c in classes) else "flat"
+
+
+def read_kinetics_csv(path: str | Path, video_dir: str | Path, classes: Sequence[str] | None = None,
+                      layout: str = "auto", ext: str = ".mp4") -> tuple[list[tuple[Path, int]], list[str]]:
     """The official Kinetics csv (``label,youtube_id,time_start,time_end,split``) -> items, classes.
 
-    Files are expected at ``video_dir/<youtube_id>_<start:06d>_<end:06d>.mp4`` (the naming of the
-    common download scripts); classes are the sorted label names unless ``classes`` is given.
+    Files are ``<youtube_id>_<start:06d>_<end:06d><ext>`` (the cvdf release and the ActivityNet
+    crawler both name them so), directly in ``video_dir`` or in ``video_dir/<label>/`` (see
+    :data:`KINETICS_LAYOUTS`, :func:`kinetics_layout`); classes are the sorted label names unless
+    ``classes`` is given.
     """
     path = Path(path)
     with path.open(newline="") as f:
@@ -78,10 +96,12 @@ def read_kinetics_csv(path: str | Path, video_dir: str | Path,
         raise ValueError(f"{path}: expected a header with columns {sorted(need)}")
     names = list(classes) if classes is not None else sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(names)}
+    by_label = kinetics_layout(video_dir, names, layout) == "by_label"
     out = []
     for ln, r in enumerate(rows, 2):
         if r["label"] not in index:
             raise ValueError(f"{path}:{ln}: label {r['label']!r} is not among the {len(names)} classes")
         stem = f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
-        out.append((Path(video_dir) / f"{stem}.mp4", index[r["label"]]))
+        folder = Path(video_dir) / r["label"] if by_label else Path(video_dir)
+        out.append((folder / f"{stem}{ext}", index[r["label"]]))
     return out, names
