@@ -17,6 +17,19 @@ RESIDUALS = ("none", "inner", "outer")
 INITS = ("trunc_normal", "default")
 
 
+FROZEN_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _storage_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """A frozen-weight storage dtype from a config value; unknown names are refused."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value not in FROZEN_DTYPES:
+        raise ValueError(f"model.lm.frozen_dtype={value!r} is not a storage dtype: use one of "
+                         f"{', '.join(FROZEN_DTYPES)} or null (float32)")
+    return FROZEN_DTYPES[value]
+
+
 def lm_config_keys(prefix: str = "model.lm") -> tuple[str, ...]:
     """Config keys of an ``lm:`` section: the LMLayer arguments a YAML file can give."""
     names = [n for n in inspect.signature(LMLayer.__init__).parameters if n not in ("self", "in_dim", "blocks")]
@@ -36,6 +49,9 @@ class LMLayer(nn.Module):
               "outer" (z + z'), as follow-up work uses.
     frozen_dtype: storage dtype of frozen weights (e.g. torch.bfloat16 halves memory). Compute runs
               in the activations' dtype or the autocast dtype, never silently in the storage dtype.
+              "auto" (the configs' default) is resolved by the engine when a run starts: bfloat16 if
+              the run computes in bf16 (the matmuls then see the same bf16 values either way), else
+              float32; built outside the engine, "auto" stores float32.
     blocks: an already-loaded BlockStack to use instead of reading `source` again.
     Fast-path switches (docs/performance.md): attn "sdpa" | "math" (eager reference);
     grad_checkpointing recomputes the LM block(s) in backward; compile wraps the block(s) in
@@ -63,8 +79,7 @@ class LMLayer(nn.Module):
         if variant == "none":
             self.layer_indices: list[int] = []
             return
-        if isinstance(frozen_dtype, str):
-            frozen_dtype = getattr(torch, frozen_dtype)
+        frozen_dtype = _storage_dtype(frozen_dtype)
         if blocks is None and variant in ("frozen", "finetune"):
             blocks = load_blocks(source, layers, dtype=frozen_dtype if variant == "frozen" else None,
                                  mask=mask, rope=rope, freeze=variant == "frozen")

@@ -114,3 +114,48 @@ def test_loaded_source_is_packed_and_its_state_saves_with_safetensors(tmp_path) 
     save_file(sd, str(tmp_path / "s.safetensors"))  # views of one buffer are non-overlapping: allowed
     back = load_file(str(tmp_path / "s.safetensors"))
     assert all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+# -- frozen_dtype: auto (bf16 storage exactly where the run computes in bf16) -----------------------
+
+@pytest.mark.parametrize("source", ["smollm2-135m", "minilm-l6"])
+def test_bf16_storage_under_bf16_compute_changes_no_bit(source: str) -> None:
+    """Why `auto` may pick bf16 storage: under bf16 autocast the outputs and input gradients are
+    bit-identical to float32 storage (the matmuls see the same bf16 values either way)."""
+    from frozenlm.layer import LMLayer
+    torch.manual_seed(0)
+    a = LMLayer(128, source=source, layers=[-1])
+    torch.manual_seed(0)
+    b = LMLayer(128, source=source, layers=[-1], frozen_dtype="bfloat16")
+    assert next(b.blocks.parameters()).dtype == torch.bfloat16
+    x = torch.randn(4, 5, 128, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya, yb = a(x), b(x)
+    ga, = torch.autograd.grad(ya.float().sum(), x)
+    gb, = torch.autograd.grad(yb.float().sum(), x)
+    assert torch.equal(ya, yb) and torch.equal(ga, gb)
+
+
+@pytest.mark.parametrize("precision,stored", [("bf16", "bfloat16"), ("fp32", None)])
+def test_engine_resolves_auto_and_saves_the_stored_dtype(tmp_path, precision: str, stored) -> None:
+    import json
+
+    from frozenlm.config import load_config
+    from frozenlm.engine.task import task_schema
+    from frozenlm.engine.train import train
+    over = ["data.subset_train=64", "data.subset_val=32", "batch_size=32", "epochs=1", "progress=false",
+            "eval_every=0", f"precision={precision}", f"run_dir={tmp_path}"]
+    cfg = load_config("configs/image/fmnist_smollm2.yaml", over, schema_for=task_schema)
+    assert cfg.model.lm.frozen_dtype == "auto"
+    train(cfg)
+    meta = json.loads(next((tmp_path / "checkpoints").glob("step_*/meta.json")).read_text())
+    assert meta["config"]["model"]["lm"]["frozen_dtype"] == stored
+    (src,) = meta["frozen_sources"].values()
+    assert src["dtype"] == (stored or "float32")
+
+
+def test_auto_outside_the_engine_stores_float32_and_bad_names_are_refused() -> None:
+    from frozenlm.layer import LMLayer
+    assert next(LMLayer(64, source="minilm-l6", frozen_dtype="auto").blocks.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="frozen_dtype='bf16' is not a storage dtype: use one of auto, float32"):
+        LMLayer(64, source="minilm-l6", frozen_dtype="bf16")

@@ -14,7 +14,7 @@ from frozenlm.engine.distributed import DistInfo, init_distributed, resolve_devi
 from frozenlm.engine.precision import check_precision, resolve_precision
 from frozenlm.tasks.base import Task
 
-__all__ = ["start_run", "task_loader", "to_device"]
+__all__ = ["resolve_frozen_dtype", "start_run", "task_loader", "to_device"]
 
 
 def start_run(cfg: Config) -> tuple[DistInfo, torch.device]:
@@ -23,7 +23,23 @@ def start_run(cfg: Config) -> tuple[DistInfo, torch.device]:
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_precision(cfg.precision, device)
     cfg.precision = resolve_precision(cfg.precision, device)
+    resolve_frozen_dtype(cfg)
     return init_distributed(cfg.distributed.backend, device), device
+
+
+def resolve_frozen_dtype(cfg: Any) -> None:
+    """Replace every ``frozen_dtype: auto`` in ``cfg`` by bfloat16 if the run computes in bf16, else null
+    (float32), so the run's saved config and its frozen digests name the dtype actually stored."""
+    value = "bfloat16" if cfg.precision == "bf16" else None
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for k in list(node):
+                if k == "frozen_dtype" and node[k] == "auto":
+                    node[k] = value
+                else:
+                    walk(node[k])
+    walk(cfg)
 
 
 def task_loader(task: Task, ds: Any, cfg: Config, info: DistInfo, device: torch.device, split: str,
