@@ -80,24 +80,14 @@ def test_fps_start_points_are_seeded_per_file() -> None:
 # ----------------------------------------------------------------------- text layout + FPS cache
 
 def _write_resampled(root: Path, n_points: int = 300) -> dict[str, tuple[Path, int]]:
-    """A small modelnet40_normal_resampled: shape names, train/test lists, '<class>/<id>.txt' lines x,y,z,nx,ny,nz."""
+    """A small modelnet40_normal_resampled (lines x,y,z,nx,ny,nz): {shape id: (its file, its label)}."""
+    from test_pointcloud import _write_modelnet_txt
+    arrays = _write_modelnet_txt(root, n_points, seed=3,
+                                 items=(("bed", "train"), ("airplane", "train"), ("bathtub", "train"), ("bed", "test")),
+                                 make=lambda rng, n: np.hstack([rng.normal(size=(n, 3)) * [2.0, 1.0, 0.5] + 3.0,
+                                                                rng.normal(size=(n, 3))]))
     names = ["airplane", "bathtub", "bed"]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "modelnet40_shape_names.txt").write_text("\n".join(names) + "\n")
-    rng = np.random.default_rng(3)
-    out, lists = {}, {"train": [], "test": []}
-    for i, (cls, split) in enumerate([("bed", "train"), ("airplane", "train"), ("bathtub", "train"),
-                                      ("bed", "test")]):
-        sid = f"{cls}_{i + 1:04d}"
-        xyz = rng.normal(size=(n_points, 3)) * [2.0, 1.0, 0.5] + 3.0
-        nrm = rng.normal(size=(n_points, 3))
-        (root / cls).mkdir(exist_ok=True)
-        np.savetxt(root / cls / f"{sid}.txt", np.hstack([xyz, nrm]), delimiter=",", fmt="%.6f")
-        lists[split].append(sid)
-        out[sid] = (root / cls / f"{sid}.txt", names.index(cls))
-    for split, ids in lists.items():
-        (root / f"modelnet40_{split}.txt").write_text("\n".join(ids) + "\n")
-    return out
+    return {sid: (root / sid.rsplit("_", 1)[0] / f"{sid}.txt", names.index(sid.rsplit("_", 1)[0])) for sid in arrays}
 
 
 def test_modelnet_text_fps_selection_as_point_bert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -200,16 +200,19 @@ def test_h5_bad_inputs(tmp_path: Path) -> None:
         PointCloudDataset(d, lab, [str(i) for i in range(15)], source="x.h5")
 
 
-def _write_modelnet_txt(root: Path, n_points: int = 40) -> dict[str, np.ndarray]:
+def _write_modelnet_txt(root: Path, n_points: int = 40, seed: int = 1,
+                        items: tuple = (("airplane", "train"), ("bed", "train"), ("bathtub", "train"), ("bed", "test")),
+                        make=lambda rng, n: rng.normal(size=(n, 6)).astype(np.float32) * 3 + 1) -> dict[str, np.ndarray]:
+    """A small modelnet40_normal_resampled: shape names, train/test lists, '<class>/<id>.txt' rows made by
+    ``make(rng, n_points)`` (x,y,z,nx,ny,nz); returns {shape id: the array written}."""
     names = ["airplane", "bathtub", "bed"]
-    (root / "modelnet40_shape_names.txt").parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "modelnet40_shape_names.txt").write_text("\n".join(names) + "\n")
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     arrays, lists = {}, {"train": [], "test": []}
-    for i, (cls, split) in enumerate([("airplane", "train"), ("bed", "train"), ("bathtub", "train"),
-                                      ("bed", "test")]):
+    for i, (cls, split) in enumerate(items):
         sid = f"{cls}_{i + 1:04d}"
-        arr = rng.normal(size=(n_points, 6)).astype(np.float32) * 3 + 1
+        arr = make(rng, n_points)
         (root / cls).mkdir(exist_ok=True)
         np.savetxt(root / cls / f"{sid}.txt", arr, delimiter=",", fmt="%.6f")
         lists[split].append(sid)
