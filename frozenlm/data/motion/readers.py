@@ -77,6 +77,23 @@ def read_av2_scenario(folder: str | Path) -> Scene:
 AV1_COLUMNS = ("TIMESTAMP", "TRACK_ID", "OBJECT_TYPE", "X", "Y", "CITY_NAME")
 
 
+def find_av1_csvs(split_dir: str | Path) -> list[Path]:
+    """The sequence CSVs of one Argoverse 1 split folder, sorted.
+
+    ``forecasting_train_v1.1.tar.gz`` extracts to ``train/data/<seq>.csv`` (and val, test_obs alike), so
+    ``split_dir/data/*.csv`` is read when ``split_dir`` holds no CSV itself; a folder with both is refused
+    rather than read twice or half."""
+    split_dir = Path(split_dir)
+    flat, nested = sorted(split_dir.glob("*.csv")), sorted((split_dir / "data").glob("*.csv"))
+    if flat and nested:
+        raise FileNotFoundError(f"{split_dir} holds *.csv files itself and in data/; keep one of the two "
+                                "(the released archives extract to <split>/data/<seq>.csv)")
+    if not flat and not nested:
+        raise FileNotFoundError(f"no *.csv files in {split_dir} or {split_dir / 'data'} (Argoverse 1 forecasting "
+                                "layout: forecasting_<split>_v1.1.tar.gz extracts to <split>/data/<seq>.csv)")
+    return flat or nested
+
+
 def read_av1_csv(path: str | Path, observed: int = 20,
                  lanes: Optional[dict[str, list[np.ndarray]]] = None) -> Scene:
     """Argoverse 1 forecasting CSV (2 s history + 3 s future at 10 Hz); the focal track is OBJECT_TYPE AGENT.
