@@ -154,6 +154,7 @@ def _av1_csv(path: Path, x0: float, n_steps: int = 50, city: str = "PIT") -> Non
     pd.DataFrame(rows, columns=["TIMESTAMP", "TRACK_ID", "OBJECT_TYPE", "X", "Y", "CITY_NAME"]).to_csv(path, index=False)
 
 
+@pytest.mark.filterwarnings("ignore:data.lanes_file is not set")
 def test_argoverse1_release_as_extracted(tmp_path: Path) -> None:
     """`forecasting_{train,val,test}_v1.1.tar.gz` extracted into one folder: train/data, val/data, test_obs/data."""
     from frozenlm.tasks.motion import MotionForecasting
@@ -164,7 +165,8 @@ def test_argoverse1_release_as_extracted(tmp_path: Path) -> None:
     _av1_csv(root / "test_obs" / "data" / "4.csv", 500.0, n_steps=20)  # the test split has the 2 s history only
     cfg = load_config(AV1_CFG, [f"data.root={root}", "num_workers=0"])
     task = MotionForecasting()
-    train, val = task.build_dataset(cfg, "train"), task.build_dataset(cfg, "val")
+    with pytest.warns(UserWarning, match="lanes_file is not set.*agents only"):
+        train, val = task.build_dataset(cfg, "train"), task.build_dataset(cfg, "val")
     assert len(train) == 2 and len(val) == 1 and train.ids == ["1", "2"]
     s = train[0]
     torch.testing.assert_close(s["origin"], torch.tensor([209.5, 100.0], dtype=torch.float64))  # AGENT at t = 19
@@ -180,10 +182,36 @@ def test_argoverse1_release_as_extracted(tmp_path: Path) -> None:
     # the unscored test split: a clear error, not "no test split"
     with pytest.raises(ValueError, match="test_obs.*no futures"):
         task.build_dataset(cfg, "test")
+    # lanes exported from the AV1 map (data.lanes_file): one centerline 2 m left of the agent's path
+    lanes = tmp_path / "av1_centerlines.json"
+    lanes.write_text(json.dumps({"PIT": [[[150.0, 102.0], [250.0, 102.0]]], "MIA": [[[0.0, 0.0], [1.0, 0.0]]]}))
+    with_lanes = task.build_dataset(load_config(AV1_CFG, [f"data.root={root}", f"data.lanes_file={lanes}"]), "train")
+    v = with_lanes[0]["vectors"]
+    assert v.shape[0] == 4 and v[3, 0, 5] == 1  # the lane after the 3 agents
+    torch.testing.assert_close(v[3, 0, :4], torch.tensor([-59.5, 2.0, 40.5, 2.0]), atol=1e-5, rtol=0)
     # a split folder with CSVs both flat and in data/ is refused rather than read twice
     _av1_csv(root / "val" / "5.csv", 600.0)
     with pytest.raises(FileNotFoundError, match="itself and in data/"):
         task.build_dataset(cfg, "val")
+
+
+def test_argoverse1_whole_city_lane_file_is_cut_to_each_scene_exactly(tmp_path: Path) -> None:
+    """A lane file of a whole city's map (the AV1 export of docs/motion.md) is cut per scene with one
+    vectorised distance test: the polylines equal those of the plain loop over every centerline."""
+    from frozenlm.data.motion import CityLanes, read_av1_csv, vectorize
+    rng = np.random.default_rng(0)
+    starts = rng.uniform(0, 400, (3000, 2))
+    lines = [s + np.linspace(0, 20, 6)[:, None] * rng.normal(size=2) for s in starts]
+    lines[5] = np.array([[239.5, 150.0], [239.5, 160.0]])  # 50.0 m from the agent of 1.csv: on the boundary
+    for k, x0 in enumerate((180.0, 230.0, 300.0)):
+        _av1_csv(tmp_path / f"{k}.csv", x0)
+        slow = read_av1_csv(tmp_path / f"{k}.csv", 20, {"PIT": lines})
+        fast = read_av1_csv(tmp_path / f"{k}.csv", 20, {"PIT": CityLanes(lines)}, lane_radius=50.0)
+        assert 0 < len(fast.lanes) < len(slow.lanes) == 3000
+        a, b = vectorize(slow, 20, 30, 50.0, 32, 64), vectorize(fast, 20, 30, 50.0, 32, 64)
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+        if k == 1:
+            assert any(np.array_equal(c, lines[5]) for c in fast.lanes)
 
 
 # ----------------------------------------------------------------------------- Flickr30k (Karpathy split)
@@ -340,6 +368,20 @@ def test_imagenet_c_release(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     named = load_config(IMAGENET_CFG, ["data.name=imagenet_c", f"data.root={tmp_path}",
                                        f"data.corruptions=[{','.join(corruptions)}]"])
     assert len(ImageClassification().build_dataset(named, "val")) == 19 * 5 * 2
+    # ImageNet-C images are 224 x 224 and hendrycks' test.py feeds them as they are (CenterCrop(224) only):
+    # data.crop_pct=1.0 does the same, the default eval transform (resize 256, crop 224) zooms them
+    rng = np.random.default_rng(0)
+    grad = np.clip(np.add.outer(np.arange(224), np.arange(224))[..., None] // 2 + rng.integers(0, 40, (224, 224, 3)),
+                   0, 255).astype(np.uint8)
+    Image.fromarray(grad).save(tmp_path / "brightness" / "1" / wnids[0] / "ILSVRC2012_val_00000001.JPEG", quality=95)
+    ref = np.asarray(Image.open(tmp_path / "brightness" / "1" / wnids[0] / "ILSVRC2012_val_00000001.JPEG"),
+                     np.float32) / 255
+    ref = (torch.from_numpy(ref).permute(2, 0, 1) - torch.tensor(IMAGENET_MEAN)[:, None, None]) \
+        / torch.tensor(IMAGENET_STD)[:, None, None]
+    as_is = ImageClassification().build_dataset(load_config(IMAGENET_CFG, [
+        "data.name=imagenet_c", f"data.root={tmp_path}", "data.crop_pct=1.0"]), "val")[0][0]
+    torch.testing.assert_close(as_is, ref, atol=1e-5, rtol=0)
+    assert (ImageClassification().build_dataset(cfg, "val")[0][0] - ref).abs().mean() > 0.1
     acc = {(c, 1): (80.0 if c in IMAGENET_C_CORRUPTIONS else 20.0) for c in corruptions}
     summ = summarize_imagenet_c(acc)
     assert summ["mean"] == pytest.approx(80.0)

@@ -24,10 +24,11 @@ on every scene file (name, size, mtime) and every setting that changes its conte
 from __future__ import annotations
 
 from .dataset import MotionDataset, build_motion_dataset, collate_motion
-from .readers import find_av1_csvs, find_av2_scenarios, load_lane_polylines, read_av1_csv, read_av2_scenario
+from .readers import (CityLanes, find_av1_csvs, find_av2_scenarios, load_lane_polylines, read_av1_csv,
+                      read_av2_scenario)
 from .scene import MotionDataError, Scene, to_scene
 from .vectorize import FEATURES, focal_frame, to_frame, vectorize
 
-__all__ = ["FEATURES", "MotionDataError", "MotionDataset", "Scene", "build_motion_dataset", "collate_motion",
-           "find_av1_csvs", "find_av2_scenarios", "focal_frame", "load_lane_polylines", "read_av1_csv",
+__all__ = ["CityLanes", "FEATURES", "MotionDataError", "MotionDataset", "Scene", "build_motion_dataset",
+           "collate_motion", "find_av1_csvs", "find_av2_scenarios", "focal_frame", "load_lane_polylines", "read_av1_csv",
            "read_av2_scenario", "to_frame", "to_scene", "vectorize"]
