@@ -136,6 +136,11 @@ def test_argoverse2_release_as_extracted(tmp_path: Path) -> None:
     assert vec[0, :, 6].eq(1).all() and vec[1:, :, 6].eq(0).all()  # is_focal
     assert vec[2, :9, 5].eq(1).all()  # is_lane
     torch.testing.assert_close(vec[2, :9, 1], torch.full((9,), 2.0), atol=1e-4, rtol=0)  # 2 m to the left
+    # test/ ships the 50 observed steps only: no future to score, said per file
+    from frozenlm.data.motion import MotionDataError
+    _av2_scenario(root / "test", "0b0a2bb7-c4f4-44cd-958a-9ee15cb34aca", x0=100.0, n_steps=50)
+    with pytest.raises(MotionDataError, match=r"scenario_0b0a2bb7.*future"):
+        task.build_dataset(cfg, "test")
 
 
 # ----------------------------------------------------------------------------- Argoverse 1
