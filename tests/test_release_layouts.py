@@ -156,7 +156,8 @@ def _av1_csv(path: Path, x0: float, n_steps: int = 50, city: str = "PIT") -> Non
                                ("00000000-0000-0000-0000-000000008206", "OTHERS", x0 + 5.0, 105.0)):
             rows.append({"TIMESTAMP": ts, "TRACK_ID": tid, "OBJECT_TYPE": typ, "X": x, "Y": y, "CITY_NAME": city})
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["TIMESTAMP", "TRACK_ID", "OBJECT_TYPE", "X", "Y", "CITY_NAME"]).to_csv(path, index=False)
+    columns = ["TIMESTAMP", "TRACK_ID", "OBJECT_TYPE", "X", "Y", "CITY_NAME"]
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
 
 
 @pytest.mark.filterwarnings("ignore:data.lanes_file is not set")

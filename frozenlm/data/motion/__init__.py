@@ -30,5 +30,5 @@ from .scene import MotionDataError, Scene, to_scene
 from .vectorize import FEATURES, focal_frame, to_frame, vectorize
 
 __all__ = ["CityLanes", "FEATURES", "MotionDataError", "MotionDataset", "Scene", "build_motion_dataset",
-           "collate_motion", "find_av1_csvs", "find_av2_scenarios", "focal_frame", "load_lane_polylines", "read_av1_csv",
-           "read_av2_scenario", "to_frame", "to_scene", "vectorize"]
+           "collate_motion", "find_av1_csvs", "find_av2_scenarios", "focal_frame", "load_lane_polylines",
+           "read_av1_csv", "read_av2_scenario", "to_frame", "to_scene", "vectorize"]
