@@ -3,18 +3,22 @@ built from each easy-VQA image's own question/answer pairs ("a blue circle").
 
 Training items are (image, one of its captions) pairs. Evaluation items are images; the captions
 of the split form a text bank (``dataset.texts``) and ``dataset.image_texts[i]`` lists the texts
-that describe image i. Relevance is by caption string, so identical captions of different images
-count as matches in both directions (easy-VQA has only 24 distinct captions).
+that describe image i. Relevance (``relevance``): Flickr30k / COCO use the standard protocol, a text
+matches only the image it was written for (METER / ViLT ``compute_irtr_recall`` compare image ids),
+so the 1,000-image Flickr30k test split has 5,000 texts with 5 relevant each; easy-VQA's captions
+match by string, so identical captions of different images count as matches in both directions (it
+has only 24 distinct captions).
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from .errors import FilePolicy, on_error_policy
+from .errors import DataFileError, FilePolicy, on_error_policy
 
 from .vqa import (CLIP_MEAN, CLIP_STD, EASY_VQA_COLOURS, EASY_VQA_MEAN, EASY_VQA_SHAPES, EASY_VQA_STD,
                   check_question, easy_vqa_split, image_transform, load_image, read_easy_vqa, subset)
@@ -27,14 +31,22 @@ class RetrievalDataset(Dataset):
     captions (easy-VQA: 24) a bank with repeats fills the top-K of every image->text ranking with copies
     of one string, so TR@1 = TR@5 = TR@10; without repeats TR@K measures a real ranking.
 
+    relevance: "caption" (an image matches every text equal to one of its captions) or "image" (a text
+    matches only its own image, the Flickr30k / COCO protocol; needs ``unique_texts=False``).
+
     policy (``data.on_error``): unreadable images raise, or are skipped. Training pairs are skipped as
     they are read (the item is None); in "images" mode every image is decoded once up front and the
     unreadable ones leave the split with their captions, since ranking needs the whole split."""
 
     def __init__(self, images: list[Path], captions: list[list[str]], transform: Callable, mode: str,
-                 unique_texts: bool = False, policy: FilePolicy | None = None) -> None:
+                 unique_texts: bool = False, policy: FilePolicy | None = None, relevance: str = "caption") -> None:
         if mode not in ("pairs", "images"):
             raise ValueError(f"mode must be 'pairs' or 'images', got {mode!r}")
+        if relevance not in ("caption", "image"):
+            raise ValueError(f"relevance must be 'caption' or 'image', got {relevance!r}")
+        if relevance == "image" and unique_texts:
+            raise ValueError("relevance='image' needs one text per caption (unique_texts=False): a text shared by "
+                             "several images cannot belong to one of them")
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
         self.policy = policy or FilePolicy()
@@ -49,6 +61,13 @@ class RetrievalDataset(Dataset):
         self.texts = [c for caps in self.captions for c in caps]
         if unique_texts:  # each distinct caption once in the text bank (first-seen order)
             self.texts = list(dict.fromkeys(self.texts))
+        self.relevance = relevance
+        if relevance == "image":  # text t belongs to the image it was written for, and to no other
+            starts = [0]
+            for caps in self.captions:
+                starts.append(starts[-1] + len(caps))
+            self.image_texts = [list(range(a, b)) for a, b in zip(starts, starts[1:])]
+            return
         # relevant text ids per image, by caption string (so duplicates across images are matches)
         ids: dict[str, list[int]] = {}
         for t, c in enumerate(self.texts):
@@ -100,8 +119,34 @@ def build_easy_vqa_captions(cfg: Any, split: str) -> RetrievalDataset:
                             policy=on_error_policy(cfg))
 
 
+def _drop_missing_images(imgs: list[Path], caps: list[list[str]], policy: FilePolicy, ann: Path,
+                         root: Path) -> tuple[list[Path], list[list[str]]]:
+    """The images (with their captions) whose files exist; the missing ones are an error naming how many
+    and the first few (raise), or are dropped with one line (skip, unless none would be left)."""
+    from .video.files import SHOW, find_missing  # one directory listing per folder, not a stat per image
+    missing = find_missing([(p, i) for i, p in enumerate(imgs)])
+    if not missing:
+        return imgs, caps
+    first = ", ".join(str(p) for p in missing[:SHOW]) + (", ..." if len(missing) > SHOW else "")
+    head = f"{ann}: {len(missing)} of {len(imgs)} images of the split are not in {root} ({first})"
+    if not policy.skip or len(missing) == len(imgs):
+        hint = "" if policy.skip else ", or set data.on_error=skip to leave them out with their captions"
+        raise DataFileError(f"{head}; data.image_dir must be the folder of the images (Flickr30k: "
+                            f"flickr30k-images/){hint}", root)
+    gone = set(missing)
+    policy.skipped.extend(str(p) for p in missing)
+    print(f"[data] {head}; left out with their captions (data.on_error=skip), {len(imgs) - len(missing)} remain",
+          file=sys.stderr, flush=True)
+    keep = [i for i, p in enumerate(imgs) if p not in gone]
+    return [imgs[i] for i in keep], [caps[i] for i in keep]
+
+
 def build_karpathy(cfg: Any, split: str) -> RetrievalDataset:
-    """Flickr30k / COCO Karpathy json (dataset_flickr30k.json / dataset_coco.json) + data.image_dir."""
+    """Flickr30k / COCO Karpathy json (dataset_flickr30k.json / dataset_coco.json) + data.image_dir.
+
+    Images are ``image_dir/<filepath>/<filename>`` (Flickr30k has no filepath: ``flickr30k-images/<filename>``);
+    every listed image is checked to exist when the split is built. Evaluation relevance is by image (each
+    text matches only its own image), unless ``data.unique_texts`` merges identical captions into one text."""
     if not cfg.get("ann_file"):
         raise ValueError("data.ann_file is required (Karpathy split json, e.g. dataset_flickr30k.json)")
     ann = Path(cfg.ann_file).expanduser()
@@ -121,10 +166,12 @@ def build_karpathy(cfg: Any, split: str) -> RetrievalDataset:
         raise ValueError(f"{ann}: no images in split {split!r} (expected split values {want})")
     keep = subset(list(range(len(imgs))), cfg.get("subset_train") if split == "train" else cfg.get("subset_val"),
                   cfg.get("subset_seed"))
+    policy = on_error_policy(cfg)
+    imgs, caps = _drop_missing_images([imgs[i] for i in keep], [caps[i] for i in keep], policy, ann, root)
     tf = image_transform(int(cfg.img_size), CLIP_MEAN, CLIP_STD, split == "train")
-    return RetrievalDataset([imgs[i] for i in keep], [caps[i] for i in keep], tf,
-                            "pairs" if split == "train" else "images", unique_texts=bool(cfg.get("unique_texts")),
-                            policy=on_error_policy(cfg))
+    unique = bool(cfg.get("unique_texts"))
+    return RetrievalDataset(imgs, caps, tf, "pairs" if split == "train" else "images", unique_texts=unique,
+                            policy=policy, relevance="caption" if unique else "image")
 
 
 RETRIEVAL_DATASETS: dict[str, Callable[[Any, str], RetrievalDataset]] = {

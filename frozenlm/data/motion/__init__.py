@@ -7,9 +7,9 @@ origin = focal position at the last observed step, rotated so that the focal hea
 Polyline vector features (:data:`FEATURES` = 9): x_start, y_start, x_end, y_end, t (agents: end-step
 index / history; lanes: 0), is_lane, is_focal, is_intersection, is_vehicle.
 
-Files: ``scene.py`` (Scene, errors), ``readers.py`` (AV2, AV1), ``vectorize.py`` (polylines),
-``dataset.py`` (dataset, collate, cache, ``build_motion_dataset``); generated scenes come from
-:mod:`frozenlm.data.synthetic.motion`.
+Files: ``scene.py`` (Scene, errors), ``readers.py`` (AV2, AV1; the split folders as the archives
+extract), ``vectorize.py`` (polylines), ``dataset.py`` (dataset, collate, cache, ``build_motion_dataset``);
+generated scenes come from :mod:`frozenlm.data.synthetic.motion`.
 
 Skip policy: a malformed scene (no focal track, too short a history/future for the focal agent,
 NaN coordinates) raises :class:`MotionDataError` naming the file and the problem. With
@@ -24,10 +24,11 @@ on every scene file (name, size, mtime) and every setting that changes its conte
 from __future__ import annotations
 
 from .dataset import MotionDataset, build_motion_dataset, collate_motion
-from .readers import find_av2_scenarios, load_lane_polylines, read_av1_csv, read_av2_scenario
+from .readers import (CityLanes, find_av1_csvs, find_av2_scenarios, load_lane_polylines, read_av1_csv,
+                      read_av2_scenario)
 from .scene import MotionDataError, Scene, to_scene
 from .vectorize import FEATURES, focal_frame, to_frame, vectorize
 
-__all__ = ["FEATURES", "MotionDataError", "MotionDataset", "Scene", "build_motion_dataset", "collate_motion",
-           "find_av2_scenarios", "focal_frame", "load_lane_polylines", "read_av1_csv", "read_av2_scenario",
-           "to_frame", "to_scene", "vectorize"]
+__all__ = ["CityLanes", "FEATURES", "MotionDataError", "MotionDataset", "Scene", "build_motion_dataset",
+           "collate_motion", "find_av1_csvs", "find_av2_scenarios", "focal_frame", "load_lane_polylines",
+           "read_av1_csv", "read_av2_scenario", "to_frame", "to_scene", "vectorize"]

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 
 from ..cache import cache_key, file_fingerprint, load_or_build
 from ..errors import FilePolicy, on_error_policy
-from .readers import find_av2_scenarios, load_lane_polylines, read_av1_csv, read_av2_scenario
+from .readers import (CityLanes, find_av1_csvs, find_av2_scenarios, load_lane_polylines, read_av1_csv,
+                      read_av2_scenario)
 from .scene import MotionDataError, Scene
 from .vectorize import FEATURES, vectorize
 
@@ -125,8 +126,9 @@ def build_motion_dataset(cfg: Any, split: str) -> Optional[MotionDataset]:
     """Dataset for `split` from the config's data section.
 
     data.name: "synth" (offline generated AV2-format scenes under data.root, made once),
-    "av2" (data.root/<split>/<scenario_id>/...), or "av1" (data.root/<split>/*.csv, with
-    data.lanes_file for map polylines). The vectorized split is cached as one safetensors file,
+    "av2" (data.root/<split>/<scenario_id>/...), or "av1" (data.root/<split>/data/*.csv as the
+    forecasting_<split>_v1.1.tar.gz archives extract, or data.root/<split>/*.csv; data.lanes_file
+    for map polylines). The vectorized split is cached as one safetensors file,
     keyed on the scene files (name, size, mtime) and every setting that changes its content
     (vectorisation, data.skip_invalid, data.on_error, data.observed, the lane file).
     """
@@ -155,6 +157,10 @@ def build_motion_dataset(cfg: Any, split: str) -> Optional[MotionDataset]:
         raise ValueError(f"data.root must point at the {name} data (folders train/ val/ ...)")
     split_dir = Path(cfg.root).expanduser() / split
     if not split_dir.exists():
+        if name == "av1" and split == "test" and (split_dir.parent / "test_obs").is_dir():
+            raise ValueError(f"{split_dir.parent / 'test_obs'}: Argoverse 1's test split holds only the 2 s "
+                             "history (no futures), so it cannot be scored here; evaluate on val "
+                             "(eval_split=val)")
         return None
     if name == "av2":
         dirs = find_av2_scenarios(split_dir)
@@ -162,14 +168,16 @@ def build_motion_dataset(cfg: Any, split: str) -> Optional[MotionDataset]:
         read: Callable[[Any], Scene] = read_av2_scenario
     elif name == "av1":
         lanes_file = Path(cfg.lanes_file).expanduser() if cfg.get("lanes_file") else None
-        lanes = load_lane_polylines(lanes_file) if lanes_file is not None else None
-        dirs = files = sorted(split_dir.glob("*.csv"))
-        if not files:
-            raise FileNotFoundError(f"no *.csv files in {split_dir} (Argoverse 1 forecasting layout)")
+        lanes = None if lanes_file is None else {c: CityLanes(v) for c, v in load_lane_polylines(lanes_file).items()}
+        if lanes is None:  # the AV1 map API is not on PyPI: lanes come only from a user-exported file
+            warnings.warn(f"data.lanes_file is not set: the Argoverse 1 scenes of {split_dir} get no lane "
+                          "polylines (agents only), unlike the paper's VectorNet, which reads the HD map; "
+                          "export the centerlines to JSON {city: [[[x, y], ...], ...]} (docs/motion.md)")
+        dirs = files = find_av1_csvs(split_dir)
         settings["observed"] = int(cfg.get("observed", 20))
         settings["lanes_file"] = None if lanes_file is None else [str(lanes_file.resolve()),
                                                                    *file_fingerprint([lanes_file])[0][1:]]
-        read = lambda p: read_av1_csv(p, settings["observed"], lanes)  # noqa: E731
+        read = lambda p: read_av1_csv(p, settings["observed"], lanes, kw["radius"])  # noqa: E731
     else:
         raise ValueError(f"data.name must be synth, av2 or av1, got {name!r}")
     key = cache_key({**settings, "folder": str(split_dir.resolve())}, files, split_dir)
