@@ -127,7 +127,9 @@ def sweep(config: str, kind: str, choices: Sequence[Any], seeds: int = 2, overri
             bands.append({"control": s["variants"], **_stats(s)})
     order = {c: i for i, c in enumerate(choices)}
     points.sort(key=lambda p: order[p["choice"]])
-    paths = _write(out_dir, kind, metric, points, bands, rows, Path(config).stem)
+    what = {"layers": f"which layer of {cfg.model.lm.source}", "blocks": f"how many blocks of {cfg.model.lm.source}",
+            "sources": "which LM"}[kind]
+    paths = _write(out_dir, kind, metric, points, bands, rows, f"{Path(config).stem}: {what}")
     print(paths["md"].read_text())
     return {**paths, "points": points, "bands": bands}
 
