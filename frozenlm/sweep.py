@@ -172,8 +172,7 @@ def _plot(path: Path, kind: str, metric: str, points: list[dict], bands: list[di
         color = f"C{i + 1}"
         ax.axhline(b["mean"], color=color, lw=1.2, label=CONTROL_LABELS.get(b["control"], b["control"]))
         ax.axhspan(b["mean"] - b["std"], b["mean"] + b["std"], color=color, alpha=0.15)
-    if kind == "sources":
-        ax.set_xticks(xs, [str(p["choice"]) for p in points])
+    ax.set_xticks(xs, [str(p["choice"]) for p in points])  # one tick per choice (layer, block count or LM)
     ax.set_xlabel({"layers": "layer index", "blocks": "number of frozen blocks", "sources": "LM"}[kind])
     ax.set_ylabel(metric)
     ax.set_title(title)
