@@ -348,3 +348,17 @@ def test_image_cluttered_task_dataset() -> None:
     raw, y2, _ = ds.ds[0]
     assert len(ds) == 3 and x.shape == (1, 28, 28) and y == y2 and ds.num_classes == 10
     assert torch.allclose(x * ds.std + ds.mean, raw, atol=1e-6)
+
+
+def test_analyze_refuses_a_model_without_a_patch_grid_clearly(tmp_path) -> None:
+    """A `timm:` backbone (here a ResNet with a spliced block) has no ViT stages: one clear error naming
+    the model, not an AttributeError from inside torch."""
+    import timm
+
+    import frozenlm
+    from frozenlm.analysis.analyze import DEFAULTS, analyze_model
+    from frozenlm.config import Config
+    model = frozenlm.splice(timm.create_model("resnet18", num_classes=10), at="layer3", source="minilm-l6")
+    cfg = Config({"model": {"name": "timm:resnet18"}, "task": "image"})
+    with pytest.raises(ValueError, match="this run's model is 'timm:resnet18' \\(ResNet\\)"):
+        analyze_model(model, cfg, dict(DEFAULTS), tmp_path, "run")

@@ -76,6 +76,10 @@ def _label(path: Path, taken: set[str]) -> str:
 def analyze_model(model: nn.Module, cfg: Any, opts: dict[str, Any], out_dir: Path, label: str
                   ) -> dict[str, float]:
     """mIoU per stage (magnitude and frequency) and for the CLS attention; writes overlays."""
+    if not isinstance(getattr(model, "vit", None), nn.Module) or not hasattr(model, "lm_layer"):
+        raise ValueError(f"{label}: frozenlm analyze reads the stages of the ViT presets (model.name vit_* / "
+                         f"deit_*, a patch grid of tokens); this run's model is {cfg.model.name!r} "
+                         f"({type(model).__name__}), which it cannot map to image patches")
     vit = model.vit
     img_size = int(vit.patch_embed.img_size[0])
     in_chans = int(vit.patch_embed.proj.in_channels)
