@@ -35,6 +35,7 @@ class ViTLLaMA(nn.Module):
     def __init__(self, num_classes, dim=384, lm_dim=576):
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, 16, 16)
+        self.blocks = nn.Sequential(nn.Linear(dim, dim))  # their ViT blocks (the bench must time `llama`)
         self.llama = LLaMATransformer(lm_dim)
         for p in self.llama.parameters():
             p.requires_grad = False
@@ -42,7 +43,7 @@ class ViTLLaMA(nn.Module):
         self.llama_dim_mapper2 = nn.Linear(lm_dim, dim, bias=False)
         self.head = nn.Linear(dim, num_classes)
     def forward(self, x):
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = self.blocks(self.patch_embed(x).flatten(2).transpose(1, 2))
         x = self.llama_dim_mapper2(self.llama(self.llama_dim_mapper1(x)))
         return self.head(x.mean(1))
 

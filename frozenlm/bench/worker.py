@@ -155,7 +155,9 @@ def measure_step(spec: dict[str, Any]) -> dict[str, Any]:
 
     with torch.no_grad():
         t_inf = _timed(infer, device, 1, spec["steps"])
-        blocks = lm.blocks if hasattr(lm, "blocks") else lm.llama  # ours | reference
+        # ours holds its LM block(s) in `.blocks`; the reference and the authors' ViTLLaMA in `.llama`
+        # (the authors' model also has `.blocks`: its ViT blocks, which must not be timed as the LM block)
+        blocks = lm.blocks if spec["impl"] == "ours" else lm.llama
         h = torch.randn(b, flops["tokens"], lm_config(spec["lm"]).dim, device=device)
         with amp:
             t_blk = _timed(lambda: blocks(h), device, 1, spec["steps"])
