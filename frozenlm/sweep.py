@@ -28,6 +28,10 @@ def layer_choices(spec: str, n_layers: int) -> list[int]:
             nums = [int(p) if p.strip() else None for p in parts]
         except ValueError:
             raise ValueError(f"--layers {spec!r}: START, STOP and STEP must be integers, e.g. 0:30:3") from None
+        # a slice would clamp an out-of-range bound silently (0:40 on 30 layers); refuse it instead
+        if any(v is not None and not -n_layers <= v <= n_layers for v in nums[:2]) or (len(nums) == 3 and nums[2] == 0):
+            raise ValueError(f"--layers {spec!r}: START and STOP must lie in -{n_layers}..{n_layers} and STEP "
+                             f"must not be 0 for a model with {n_layers} layers")
         out = list(range(n_layers))[slice(*nums)]
     else:
         try:

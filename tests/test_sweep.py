@@ -26,7 +26,7 @@ def test_layer_choices(spec: str, expected: list[int]) -> None:
 
 @pytest.mark.parametrize("spec,needle", [
     ("30", "out of range"), ("3,3", "twice"), ("5:5", "selects no layer"), ("a:b", "integers"),
-    ("1:2:3:4", "START:STOP"), ("x", "comma list"),
+    ("1:2:3:4", "START:STOP"), ("x", "comma list"), ("0:40:3", "must lie in -30..30"), ("::0", "must not be 0"),
 ])
 def test_layer_choices_refuses_bad_specs(spec: str, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
