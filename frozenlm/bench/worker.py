@@ -88,7 +88,9 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, nn.Module, Callable[[int], t
     if spec["impl"] == "authors":  # their ViTLLaMA as released: timed as a whole, its `llama` as the block
         from .authors import build_authors_model
         model = lm = build_authors_model(spec["authors_dir"], spec["model"], spec.get("num_classes", 1000))
-        vit = create_model(spec["model"], lm=None, num_classes=spec.get("num_classes", 1000), img_size=spec["img_size"]).vit
+        with torch.device("meta"):  # shapes only, for the token count and FLOPs: no memory in this row's peak
+            vit = create_model(spec["model"], lm=None, num_classes=spec.get("num_classes", 1000),
+                               img_size=spec["img_size"]).vit
         n = vit.patch_embed.num_patches + vit.num_prefix_tokens
         s = spec["img_size"]
         make_x = lambda b: torch.randn(b, 3, s, s)  # noqa: E731
