@@ -52,8 +52,8 @@ def main() -> None:
               if r.get("kind") == "train" and "loss" in r]
     k = max(1, len(losses) // 5)
     first, last = statistics.fmean(losses[:k]), statistics.fmean(losses[-k:])
-    saved = (run / "config.yaml").read_text()
-    precision = next((ln.split(":", 1)[1].strip() for ln in saved.splitlines() if ln.startswith("precision:")), "?")
+    import yaml
+    precision = yaml.safe_load((run / "config.yaml").read_text()).get("precision", "?")  # as the run resolved it
     report = {"steps": a.steps, "seconds": secs, "loss_first_fifth": first, "loss_last_fifth": last,
               "loss_fell": last < first, "precision": precision, "bf16_chosen": precision == "bf16",
               "final": final}
