@@ -12,13 +12,12 @@ has only 24 distinct captions).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from .errors import DataFileError, FilePolicy, on_error_policy
+from .errors import FilePolicy, on_error_policy, present_files
 
 from .vqa import (CLIP_MEAN, CLIP_STD, EASY_VQA_COLOURS, EASY_VQA_MEAN, EASY_VQA_SHAPES, EASY_VQA_STD,
                   check_question, easy_vqa_split, image_transform, load_image, read_easy_vqa, subset)
@@ -123,21 +122,10 @@ def _drop_missing_images(imgs: list[Path], caps: list[list[str]], policy: FilePo
                          root: Path) -> tuple[list[Path], list[list[str]]]:
     """The images (with their captions) whose files exist; the missing ones are an error naming how many
     and the first few (raise), or are dropped with one line (skip, unless none would be left)."""
-    from .video.files import SHOW, find_missing  # one directory listing per folder, not a stat per image
-    missing = find_missing([(p, i) for i, p in enumerate(imgs)])
-    if not missing:
-        return imgs, caps
-    first = ", ".join(str(p) for p in missing[:SHOW]) + (", ..." if len(missing) > SHOW else "")
-    head = f"{ann}: {len(missing)} of {len(imgs)} images of the split are not in {root} ({first})"
-    if not policy.skip or len(missing) == len(imgs):
-        hint = "" if policy.skip else ", or set data.on_error=skip to leave them out with their captions"
-        raise DataFileError(f"{head}; data.image_dir must be the folder of the images (Flickr30k: "
-                            f"flickr30k-images/){hint}", root)
-    gone = set(missing)
-    policy.skipped.extend(str(p) for p in missing)
-    print(f"[data] {head}; left out with their captions (data.on_error=skip), {len(imgs) - len(missing)} remain",
-          file=sys.stderr, flush=True)
-    keep = [i for i, p in enumerate(imgs) if p not in gone]
+    keep = present_files(imgs, policy,
+                         lambda n, total, first: f"{ann}: {n} of {total} images of the split are not in {root} ({first})",
+                         "data.image_dir must be the folder of the images (Flickr30k: flickr30k-images/)",
+                         "leave them out with their captions", "left out with their captions", where=root)
     return [imgs[i] for i in keep], [caps[i] for i in keep]
 
 

@@ -1,59 +1,20 @@
 """Where a split's videos live, and the check, when a dataset is built, that every listed video is there."""
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import DataFileError, FilePolicy
-
-#: How many missing names an error or warning shows.
-SHOW = 5
-
-
-def listed_files(folder: Path) -> set[str]:
-    """Names of the regular files (or links to them) in ``folder``; empty when it does not exist."""
-    try:
-        with os.scandir(folder) as it:
-            return {e.name for e in it if e.is_file()}
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-
-
-def find_missing(items: Sequence[tuple[Path, int]]) -> list[Path]:
-    """The item paths that are not files, in item order; one directory listing per folder (not one
-    ``stat`` per video), so a 240k-video split is checked in about a second."""
-    listing: dict[Path, set[str]] = {}
-    missing = []
-    for p, _ in items:
-        names = listing.get(p.parent)
-        if names is None:
-            names = listing[p.parent] = listed_files(p.parent)
-        if p.name not in names:
-            missing.append(p)
-    return missing
-
+from ..errors import FilePolicy, present_files
 
 def drop_missing(items: Sequence[tuple[Path, int]], policy: FilePolicy, what: str,
                  keys: str) -> list[tuple[Path, int]]:
-    """``items`` without the missing videos. Raise mode (or when none is left): a :class:`DataFileError`
-    with the count and the first paths; skip mode: one ``[data]`` warning with the count, and the paths
-    join ``policy.skipped``.
-    ``keys`` names the config keys that decide where the videos are looked up."""
-    missing = find_missing(items)
-    if not missing:
-        return list(items)
-    gone = set(missing)
-    first = ", ".join(str(p) for p in missing[:SHOW]) + (", ..." if len(missing) > SHOW else "")
-    head = f"{what}: {len(missing)} of {len(items)} listed videos are missing ({first})"
-    if not policy.skip or len(missing) == len(items):
-        skip = "" if policy.skip else ", or set data.on_error=skip to drop the missing videos up front"
-        raise DataFileError(f"{head}; fetch them or fix {keys}{skip}", missing[0].parent)
-    policy.skipped.extend(str(p) for p in missing)
-    print(f"[data] {head}; dropped up front (data.on_error=skip), {len(items) - len(missing)} remain",
-          file=sys.stderr, flush=True)
-    return [(p, y) for p, y in items if p not in gone]
+    """``items`` without the missing videos (:func:`frozenlm.data.errors.present_files`): an error with the
+    count and the first paths, or, under ``data.on_error=skip``, one ``[data]`` line and the paths in
+    ``policy.skipped``. ``keys`` names the config keys that decide where the videos are looked up."""
+    keep = present_files([p for p, _ in items], policy,
+                         lambda n, total, first: f"{what}: {n} of {total} listed videos are missing ({first})",
+                         f"fetch them or fix {keys}", "drop the missing videos up front", "dropped up front")
+    return [items[i] for i in keep]
 
 
 def split_video_dir(video_dir: str | None, split_dir: str | None, which: str) -> Path:
