@@ -106,6 +106,7 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, nn.Module, Callable[[int], t
         model = create_model(spec["model"], lm=None, num_classes=spec.get("num_classes", 1000),
                              img_size=spec["img_size"])
         vit = model.vit
+        model.set_grad_checkpointing(spec.get("vit_checkpointing", False))
         in_dim = vit.embed_dim
         lm = model.lm_layer = _maybe_reference(build_lm_layer(spec, in_dim), ours)
         if not ours:

@@ -64,14 +64,16 @@ def _insert_point(model: nn.Module, name: str, position: str | None) -> str:
 def build_timm(name: str, lm: str | dict[str, Any] | LMLayer | None = None, num_classes: int = 1000,
                img_size: int | None = None, in_chans: int = 3, drop_path_rate: float = 0.0,
                pretrained_path: str | Path | None = None, position: str | None = "tail",
-               freeze_backbone: bool = False, freeze: str | None = None, **timm_kwargs: Any) -> nn.Module:
+               freeze_backbone: bool = False, freeze: str | None = None, grad_checkpointing: bool = False,
+               **timm_kwargs: Any) -> nn.Module:
     """``timm:<name>`` (any timm model, random init or a local ``pretrained_path``) with ``lm`` spliced in.
 
     lm: as the presets' (None = the baseline: an identity LMLayer is still spliced, so every variant has
     the same module tree), and its ``at`` key names the module the LM layer follows (``blocks.11``,
     ``stages.2``, ``layer3``); without it, ``position`` picks one from timm's ``feature_info`` (tail: after
     the last stage). freeze_backbone (or ``freeze="backbone"``): train only the LM layer's maps and timm's
-    classifier (``get_classifier()``); the frozen backbone stays in eval mode.
+    classifier (``get_classifier()``); the frozen backbone stays in eval mode. grad_checkpointing: timm's
+    ``set_grad_checkpointing`` (its blocks, with an LM layer spliced inside one, are recomputed in backward).
     """
     if position not in (None, "head", "middle", "tail"):
         raise ValueError(f"model.position must be head | middle | tail, got {position!r}")
@@ -97,6 +99,8 @@ def build_timm(name: str, lm: str | dict[str, Any] | LMLayer | None = None, num_
         splice(model, at, **(lm if lm is not None else {"variant": "none"}))
     if freeze_backbone or freeze == "backbone":
         freeze_backbone_(model)
+    if grad_checkpointing:
+        model.set_grad_checkpointing(True)
     return model
 
 

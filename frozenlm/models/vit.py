@@ -101,12 +101,14 @@ def build_vit_backbone(name: str, img_size: int | None = None, pretrained_path: 
 def build_vit(name: str, lm: str | dict[str, Any] | LMLayer | None = None, position: str = "tail",
               num_classes: int = 1000, img_size: int | None = None, in_chans: int = 3,
               drop_path_rate: float = 0.0, pretrained_path: str | Path | None = None,
-              freeze_backbone: bool = False, freeze: str | None = None, **vit_kwargs: Any) -> ViTLM:
+              freeze_backbone: bool = False, freeze: str | None = None, grad_checkpointing: bool = False,
+              **vit_kwargs: Any) -> ViTLM:
     """ViT (timm name or a SMALL_VITS name) + LMLayer; backbone weights only from a local file.
 
     freeze_backbone: train only the LMLayer (its linear maps, for a frozen block) and the head (``head``,
     ``fc_norm``); the rest of the ViT is frozen and kept in eval mode (:func:`frozenlm.splice.freeze_backbone`).
     freeze: the older spelling, None or "backbone".
+    grad_checkpointing: recompute the ViT blocks in backward (the LM block has its own `lm.grad_checkpointing`).
     """
     lm, at = split_at(lm)
     if at is not None:
@@ -117,6 +119,7 @@ def build_vit(name: str, lm: str | dict[str, Any] | LMLayer | None = None, posit
     vit = build_vit_backbone(name, img_size, pretrained_path, num_classes=num_classes, in_chans=in_chans,
                              drop_path_rate=drop_path_rate, **vit_kwargs)
     model = ViTLM(vit, LMLayer.from_spec(vit.embed_dim, lm), position)
+    model.set_grad_checkpointing(grad_checkpointing)
     if freeze_backbone or freeze == "backbone":
         freeze_backbone_(model, head=("vit.head", "vit.fc_norm"))
     return model
